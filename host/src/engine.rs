@@ -1,0 +1,125 @@
+//! The wasmtime `Engine` every component is compiled with, its instance
+//! allocator, the `Linker` that provides Wharf's imports, and the one epoch
+//! ticker the whole host shares.
+//!
+//! The pooling allocator is sized from the server's concurrency limit, so a
+//! burst meets the admission semaphore, never an exhausted pool. Its reset
+//! settings are the ones measured to matter: pagemap scan (so only dirty pages
+//! are reset) and keep-resident memory and tables (memset instead of
+//! `madvise`, which costs TLB-shootdown IPIs).
+
+use crate::host::Host;
+use crate::keyvalue;
+use anyhow::{Context, Result};
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the shared epoch ticker advances the engine's epoch. A running
+/// guest yields to its runtime at each tick, so no guest can starve others
+/// for longer than this.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Core instances one component instance may use. A Rust component built for
+/// `wasm32-wasip2` takes a handful; a component with the preview-1 adapter or
+/// composed of others takes more.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 20;
+
+/// Settings that shape the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Instances alive at once; sizes the pool. Requests beyond the admission
+    /// limit are turned away before they reach it.
+    pub max_instances: usize,
+    /// Largest linear memory one instance may have, in bytes.
+    pub max_instance_memory: u64,
+    /// Whether to try the pooling allocator (falls back to on-demand).
+    pub pooling: bool,
+}
+
+/// Which instance allocator the engine ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocatorKind {
+    /// Pre-reserved slots, reused across requests.
+    Pooling,
+    /// mmap per instance: slower, used where the pool cannot be reserved.
+    OnDemand,
+}
+
+/// Builds the engine, preferring the pooling allocator.
+pub fn build_engine(settings: &EngineSettings) -> Result<(Engine, AllocatorKind)> {
+    if settings.pooling {
+        match Engine::new(&config(settings, Some(pooling_config(settings)))) {
+            Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
+            Err(error) => tracing::warn!(
+                error = %error,
+                "pooling allocator unavailable on this machine; falling back to on-demand allocation"
+            ),
+        }
+    }
+    let engine = Engine::new(&config(settings, None))
+        .map_err(anyhow::Error::from)
+        .context("cannot create the wasmtime engine")?;
+    Ok((engine, AllocatorKind::OnDemand))
+}
+
+fn config(settings: &EngineSettings, pooling: Option<PoolingAllocationConfig>) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    // A reservation as large as the largest memory allowed: small slots keep
+    // the pool's address space and page tables small (bounds checks are
+    // explicit, which costs guests little).
+    config.memory_reservation(settings.max_instance_memory);
+    config.memory_reservation_for_growth(0);
+    if let Some(pooling) = pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
+    config
+}
+
+fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
+    let instances = u32::try_from(settings.max_instances).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memory_size(settings.max_instance_memory as usize)
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+    pool
+}
+
+/// Starts the single epoch ticker for `engine`; it stops by itself once the
+/// engine is dropped.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wharf-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}
+
+/// The linker with every import Wharf provides: all of WASI 0.2 (a Rust
+/// component built with std imports `wasi:cli/*`), `wasi:http`,
+/// `wasi:keyvalue` and `wasi:config`.
+pub fn build_linker(engine: &Engine) -> Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |host: &mut Host| {
+        wasmtime_wasi_config::WasiConfig::new(&host.config)
+    })
+    .map_err(anyhow::Error::from)?;
+    keyvalue::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+    Ok(linker)
+}

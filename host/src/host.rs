@@ -1,0 +1,77 @@
+//! `Host`: the per-request state inside each `Store` (the `T` of
+//! `Store<T>`), and the views wasmtime's WASI crates borrow from it.
+//!
+//! One `Host` lives exactly as long as one instance; dropping it is how the
+//! live-instance count goes down, whether the request finished, trapped or
+//! was cancelled.
+
+use crate::keyvalue::{KeyValueCtx, KeyValueView};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// State of one instance, created fresh for every request.
+pub struct Host {
+    pub(crate) table: ResourceTable,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) config: Arc<WasiConfigVariables>,
+    pub(crate) key_value: KeyValueCtx,
+    pub(crate) limits: StoreLimits,
+    _live: LiveInstance,
+}
+
+impl Host {
+    pub(crate) fn new(
+        config: Arc<WasiConfigVariables>,
+        key_value: KeyValueCtx,
+        limits: StoreLimits,
+        live: LiveInstance,
+    ) -> Self {
+        Self {
+            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            http: WasiHttpCtx::new(),
+            config,
+            key_value,
+            limits,
+            _live: live,
+        }
+    }
+
+    pub(crate) fn key_value(&mut self) -> KeyValueView<'_> {
+        KeyValueView { ctx: &self.key_value, table: &mut self.table }
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+    }
+}
+
+/// Counts one live instance from creation until drop.
+pub(crate) struct LiveInstance(Arc<AtomicUsize>);
+
+impl LiveInstance {
+    pub(crate) fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,119 @@
+//! The `wharf` command: parse arguments, load the app, bind, serve.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use wharf::manifest::{KeyValueBackendKind, Manifest};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "wharf", version, about = "Serve WebAssembly HTTP components, a fresh instance per request")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "pretty", env = "WHARF_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the app described by the manifest.
+    Up {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Address to listen on (overrides `server.listen`).
+        #[arg(long, env = "WHARF_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Key-value backend (overrides `server.key_value`).
+        #[arg(long, value_enum)]
+        kv: Option<KvArg>,
+    },
+    /// Validate the manifest and its components without serving.
+    Check {
+        #[command(flatten)]
+        app: AppArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct AppArgs {
+    /// Path of the app manifest.
+    #[arg(long, short, default_value = "wharf.toml", env = "WHARF_MANIFEST")]
+    manifest: PathBuf,
+    /// Run each component's build command first.
+    #[arg(long)]
+    build: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KvArg {
+    Redb,
+    Memory,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { app } => {
+            let manifest = load_manifest(&app)?;
+            wharf::App::load(&manifest, &wharf::LoadOptions::default())?;
+            println!("{}: ok ({} routes)", manifest.path.display(), manifest.routes.len());
+            Ok(())
+        }
+        Command::Up { app, listen, kv } => {
+            let mut manifest = load_manifest(&app)?;
+            if let Some(listen) = listen {
+                manifest.server.listen = listen;
+            }
+            if let Some(kv) = kv {
+                manifest.server.key_value = match kv {
+                    KvArg::Redb => KeyValueBackendKind::Redb,
+                    KvArg::Memory => KeyValueBackendKind::Memory,
+                };
+            }
+            let app = wharf::App::load(&manifest, &wharf::LoadOptions::default())?;
+            let listeners = wharf::Listeners::bind(manifest.server.listen, manifest.server.threads)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(wharf::run(listeners, app, shutdown_signal()))
+        }
+    }
+}
+
+fn load_manifest(args: &AppArgs) -> Result<Manifest> {
+    if args.build {
+        let manifest = Manifest::load(&args.manifest, false)?;
+        wharf::build::build_components(&manifest).context("build failed")?;
+    }
+    Manifest::load(&args.manifest, true)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

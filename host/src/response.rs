@@ -1,0 +1,47 @@
+//! Responses the host writes itself (404, 503, 500...) and the one body type
+//! every response has.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+
+/// Error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response Wharf sends.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Boxes any body into a [`ResponseBody`].
+pub fn boxed<B>(body: B) -> ResponseBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A short plain-text response from the host; the body never carries
+/// internals (those go to the log).
+pub fn plain(status: StatusCode, message: &str) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(boxed(Full::new(Bytes::from(format!("{message}\n")))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// 503 with `Retry-After`, for load shedding.
+pub fn overloaded(retry_after_secs: u64) -> http::Response<ResponseBody> {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: server is at capacity, retry later");
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// The host's answer for a request that got no response from its component.
+pub fn for_status(status: StatusCode) -> http::Response<ResponseBody> {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return overloaded(1);
+    }
+    plain(status, status.canonical_reason().unwrap_or("Error"))
+}

@@ -1,0 +1,142 @@
+//! The public listener: one single-threaded tokio runtime per core, each
+//! accepting on its own `SO_REUSEPORT` socket, serving HTTP/1.1 (keep-alive)
+//! and HTTP/2 on the same port, and draining on shutdown.
+//!
+//! A runtime per core keeps a request, its instance and its connection on
+//! one thread: no work stealing, no cross-core wake-ups. Measured here, that
+//! is worth more than half again the throughput of one multi-thread runtime.
+
+use crate::App;
+use crate::response::ResponseBody;
+use anyhow::{Context, Result};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Listening sockets bound to one address, one per runtime thread.
+pub struct Listeners {
+    sockets: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds `count` sockets to `addr` with `SO_REUSEPORT`, so the kernel
+    /// spreads connections across them. Port 0 picks one free port for all.
+    pub fn bind(addr: SocketAddr, count: usize) -> Result<Self> {
+        let first = reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..count.max(1) {
+            sockets.push(reuseport_listener(local_addr).with_context(|| format!("cannot listen on {local_addr}"))?);
+        }
+        Ok(Self { sockets, local_addr })
+    }
+
+    /// The address actually bound (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Serves `app` on `listeners` until `shutdown` resolves, then stops
+/// accepting, lets requests in flight finish (up to the app's shutdown
+/// timeout) and returns.
+pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for (index, socket) in listeners.sockets.into_iter().enumerate() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let app = app.clone();
+        let stop = stop_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("wharf-worker-{index}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start a worker runtime")
+                    .and_then(|runtime| runtime.block_on(serve(socket, app, stop)));
+                let _ = done_tx.send(result);
+            })
+            .context("cannot spawn a worker thread")?;
+        workers.push(done_rx);
+    }
+    tracing::info!(addr = %listeners.local_addr, threads = workers.len(), "listening");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, draining requests in flight");
+    let _ = stop_tx.send(true);
+    for worker in workers {
+        worker.await.context("a worker thread died")??;
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(socket)?;
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off
+                        // briefly rather than spin.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = service_fn(move |request| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(crate::handle(app, request, peer).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%peer, error = %error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let timeout = app.settings.shutdown_timeout;
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(timeout) => {
+            tracing::warn!(?timeout, "shutdown timeout passed; cancelling requests still in flight");
+        }
+    }
+    Ok(())
+}
+
+/// Type of the responses the service returns.
+pub type Response = http::Response<ResponseBody>;

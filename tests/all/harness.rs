@@ -1,0 +1,120 @@
+//! The shared test harness: starts the real host on a port-0 listener with
+//! the real compiled components, gives clients for HTTP/1.1 and HTTP/2, and
+//! stops the server when the test says so.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wharf::App;
+use wharf::manifest::Manifest;
+
+/// Directory holding the compiled components (`hello.wasm`, ...).
+pub fn component_dir() -> PathBuf {
+    PathBuf::from(env!("WHARF_COMPONENT_DIR"))
+}
+
+/// Path of one compiled component.
+pub fn component(name: &str) -> PathBuf {
+    component_dir().join(format!("{name}.wasm"))
+}
+
+/// A running Wharf server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server for `manifest` (TOML text) written into `dir`, where
+    /// `{components}` stands for the compiled components' directory. The
+    /// listen address is always 127.0.0.1 on a free port.
+    pub async fn start_in(dir: &Path, manifest: &str) -> Self {
+        let text = manifest.replace("{components}", &component_dir().display().to_string());
+        let path = dir.join("wharf.toml");
+        std::fs::write(&path, text).unwrap();
+        let manifest = Manifest::load(&path, true).expect("valid test manifest");
+        let app = App::load(&manifest, &wharf::LoadOptions::default()).expect("app loads");
+        let listeners = wharf::Listeners::bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = listeners.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(wharf::run(listeners, app.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self { addr, app, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Like [`Self::start_in`], in a fresh temporary directory kept alive by
+    /// the returned guard.
+    pub async fn start(manifest: &str) -> (Self, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Self::start_in(dir.path(), manifest).await, dir)
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Triggers a graceful shutdown and waits for the server to return.
+    pub async fn stop(mut self) {
+        self.shutdown.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap().expect("server stops cleanly");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A pooled HTTP/1.1 client.
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 client speaking h2c with prior knowledge.
+pub fn http2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// A response read to the end.
+pub struct Reply {
+    pub status: u16,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// GETs `url` with `client` and reads the whole body.
+pub async fn get(client: &HttpClient, url: &str) -> Reply {
+    let request = http::Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = client.request(request).await.expect("request sent");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body read").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}

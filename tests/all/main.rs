@@ -1,0 +1,6 @@
+//! Wharf's integration tests: one binary, a module per capability, all of
+//! them driving the real host over real sockets with real components.
+
+mod foundation;
+mod harness;
+mod manifest_ui;

@@ -1,0 +1,1 @@
+//! Intentionally empty: this package exists for its integration tests (`all/`).
