@@ -20,7 +20,9 @@ pub fn build_components(manifest: &Manifest) -> Result<()> {
             .arg(&build.command)
             .current_dir(&build.workdir)
             .status()
-            .with_context(|| format!("component {:?}: cannot run build command {:?}", component.name, build.command))?;
+            .with_context(|| {
+                format!("component {:?}: cannot run build command {:?}", component.name, build.command)
+            })?;
         if !status.success() {
             bail!("component {:?}: build command {:?} failed ({status})", component.name, build.command);
         }

@@ -13,7 +13,7 @@ use crate::keyvalue;
 use anyhow::{Context, Result};
 use std::time::Duration;
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the shared epoch ticker advances the engine's epoch. A running
 /// guest yields to its runtime at each tick, so no guest can starve others

@@ -83,9 +83,8 @@ pub async fn invoke(
         let incoming = http
             .new_incoming_request(Scheme::Http, request)
             .map_err(|e| InvokeError::BadRequest(e.to_string()))?;
-        let outparam = http
-            .new_response_outparam(sender)
-            .map_err(|e| InvokeError::Instantiation(e.to_string()))?;
+        let outparam =
+            http.new_response_outparam(sender).map_err(|e| InvokeError::Instantiation(e.to_string()))?;
         (incoming, outparam)
     };
 
@@ -119,20 +118,19 @@ pub async fn invoke(
         }
     };
     match headers {
-        Ok(response) => Ok(response.map(|body| response::boxed(GuestBody { inner: body, guard: Some(guard) }))),
+        Ok(response) => {
+            Ok(response.map(|body| response::boxed(GuestBody { inner: body, guard: Some(guard) })))
+        }
         Err(code) => Err(InvokeError::GuestError(format!("{code:?}"))),
     }
 }
 
 fn new_store(app: &Arc<App>, component: &crate::registry::LoadedComponent) -> Store<Host> {
-    let key_value = KeyValueCtx {
-        backend: app.key_value.clone(),
-        allowed_stores: component.key_value_stores.clone(),
-    };
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(app.settings.max_instance_memory as usize)
-        .build();
-    let host = Host::new(component.config.clone(), key_value, limits, LiveInstance::new(&app.stats.live_instances));
+    let key_value =
+        KeyValueCtx { backend: app.key_value.clone(), allowed_stores: component.key_value_stores.clone() };
+    let limits = StoreLimitsBuilder::new().memory_size(app.settings.max_instance_memory as usize).build();
+    let host =
+        Host::new(component.config.clone(), key_value, limits, LiveInstance::new(&app.stats.live_instances));
     let mut store = Store::new(&app.engine, host);
     store.limiter(|host| &mut host.limits);
     // Yield to the runtime at every epoch tick, so a spinning guest cannot
@@ -178,7 +176,10 @@ impl Body for GuestBody {
     type Data = Bytes;
     type Error = response::BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled
             && let Some(mut guard) = self.guard.take()

@@ -71,10 +71,15 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// Opens the backend Wharf is configured with.
-pub fn open_backend(kind: crate::manifest::KeyValueBackendKind, data_dir: &Path) -> anyhow::Result<Arc<dyn Backend>> {
+pub fn open_backend(
+    kind: crate::manifest::KeyValueBackendKind,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(match kind {
         crate::manifest::KeyValueBackendKind::Memory => Arc::new(MemoryBackend::default()),
-        crate::manifest::KeyValueBackendKind::Redb => Arc::new(RedbBackend::open(&data_dir.join("keyvalue.redb"))?),
+        crate::manifest::KeyValueBackendKind::Redb => {
+            Arc::new(RedbBackend::open(&data_dir.join("keyvalue.redb"))?)
+        }
     })
 }
 
@@ -118,7 +123,7 @@ impl KeyValueView<'_> {
 
 impl store::Host for KeyValueView<'_> {
     async fn open(&mut self, identifier: String) -> BackendResult<Resource<Bucket>> {
-        if !self.ctx.allowed_stores.iter().any(|s| *s == identifier) {
+        if !self.ctx.allowed_stores.contains(&identifier) {
             return Err(KeyValueError::AccessDenied);
         }
         Ok(self.table.push(Bucket { store: identifier })?)
@@ -154,7 +159,11 @@ impl store::HostBucket for KeyValueView<'_> {
         Ok(self.ctx.backend.get(store, key).await?.is_some())
     }
 
-    async fn list_keys(&mut self, bucket: Resource<Bucket>, cursor: Option<u64>) -> BackendResult<store::KeyResponse> {
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<u64>,
+    ) -> BackendResult<store::KeyResponse> {
         let store = self.store_of(&bucket)?;
         let keys = self.ctx.backend.list_keys(store).await?;
         let start = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX).min(keys.len());
@@ -189,7 +198,11 @@ impl batch::Host for KeyValueView<'_> {
         Ok(values)
     }
 
-    async fn set_many(&mut self, bucket: Resource<Bucket>, entries: Vec<(String, Vec<u8>)>) -> BackendResult<()> {
+    async fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> BackendResult<()> {
         let store = self.store_of(&bucket)?;
         for (key, value) in entries {
             self.ctx.backend.set(store.clone(), key, value).await?;
@@ -225,7 +238,11 @@ pub struct MemoryBackend {
 }
 
 impl MemoryBackend {
-    fn with<T>(&self, store: &str, f: impl FnOnce(&mut std::collections::BTreeMap<String, Vec<u8>>) -> T) -> T {
+    fn with<T>(
+        &self,
+        store: &str,
+        f: impl FnOnce(&mut std::collections::BTreeMap<String, Vec<u8>>) -> T,
+    ) -> T {
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         f(stores.entry(store.to_string()).or_default())
     }
@@ -273,7 +290,8 @@ impl RedbBackend {
     /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         }
         let db = redb::Database::create(path)
             .with_context(|| format!("cannot open key-value database {}", path.display()))?;
@@ -393,7 +411,8 @@ mod tests {
                     tokio::spawn(async move { backend.increment("s".into(), "k".into(), 1).await.unwrap() })
                 })
                 .collect();
-            let mut seen: Vec<u64> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+            let mut seen: Vec<u64> =
+                futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
             seen.sort();
             assert_eq!(seen, (1..=50).collect::<Vec<_>>());
         }

@@ -141,7 +141,9 @@ pub(crate) async fn handle(
             };
             match outcome {
                 Ok(response) => (response, Some(route.spec.path.as_str()), None),
-                Err(error) => (response::for_status(error.status()), Some(route.spec.path.as_str()), Some(error)),
+                Err(error) => {
+                    (response::for_status(error.status()), Some(route.spec.path.as_str()), Some(error))
+                }
             }
         }
     };
@@ -152,7 +154,9 @@ pub(crate) async fn handle(
         Some(error) if status >= 500 && status != 503 => tracing::error!(
             %method, %path, route, status, latency_ms, %peer, error = %error, "request failed"
         ),
-        _ => tracing::info!(%method, %path, route, status, latency_ms, %peer, error = error.as_ref().map(tracing::field::display), "request"),
+        _ => {
+            tracing::info!(%method, %path, route, status, latency_ms, %peer, error = error.as_ref().map(tracing::field::display), "request")
+        }
     }
     response
 }

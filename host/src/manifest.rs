@@ -215,7 +215,8 @@ impl Manifest {
 
     /// Validates manifest `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path, require_sources: bool) -> Result<Self> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let server = ServerSettings::from_raw(raw.server, dir)?;
 
@@ -231,7 +232,11 @@ impl Manifest {
             let context = || format!("route {:?}", raw.path);
             let matcher = PathMatch::parse(&raw.path).map_err(anyhow::Error::msg).with_context(context)?;
             if let Some(other) = routes.iter().find(|r| r.matcher == matcher) {
-                bail!("route {:?}: duplicate route: {:?} already matches the same paths", raw.path, other.path);
+                bail!(
+                    "route {:?}: duplicate route: {:?} already matches the same paths",
+                    raw.path,
+                    other.path
+                );
             }
             if !components.contains_key(&raw.component) {
                 let known: Vec<_> = components.keys().map(String::as_str).collect();
@@ -242,7 +247,8 @@ impl Manifest {
                     if known.is_empty() { "none".into() } else { known.join(", ") }
                 );
             }
-            let timeout = parse_secs(raw.timeout_secs, DEFAULT_TIMEOUT, "timeout_secs").with_context(context)?;
+            let timeout =
+                parse_secs(raw.timeout_secs, DEFAULT_TIMEOUT, "timeout_secs").with_context(context)?;
             routes.push(RouteSpec { path: raw.path, matcher, component: raw.component, timeout });
         }
         if routes.is_empty() {
@@ -255,9 +261,9 @@ impl Manifest {
 impl ServerSettings {
     fn from_raw(raw: RawServer, dir: &Path) -> Result<Self> {
         let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen
-            .parse()
-            .map_err(|_| anyhow::anyhow!("server.listen: {listen:?} is not an address like \"127.0.0.1:3000\""))?;
+        let listen = listen.parse().map_err(|_| {
+            anyhow::anyhow!("server.listen: {listen:?} is not an address like \"127.0.0.1:3000\"")
+        })?;
         let max_concurrent_requests = raw.max_concurrent_requests.unwrap_or(1000);
         if max_concurrent_requests == 0 {
             bail!("server.max_concurrent_requests must be at least 1");
@@ -278,7 +284,11 @@ impl ServerSettings {
             max_concurrent_requests,
             max_instance_memory: memory_mb << 20,
             threads,
-            shutdown_timeout: parse_secs(raw.shutdown_timeout_secs, Duration::from_secs(30), "server.shutdown_timeout_secs")?,
+            shutdown_timeout: parse_secs(
+                raw.shutdown_timeout_secs,
+                Duration::from_secs(30),
+                "server.shutdown_timeout_secs",
+            )?,
         })
     }
 }
@@ -301,7 +311,9 @@ impl ComponentSpec {
         Ok(Self {
             name: name.to_string(),
             source,
-            build: raw.build.map(|b| BuildSpec { command: b.command, workdir: dir.join(b.workdir.unwrap_or_default()) }),
+            build: raw
+                .build
+                .map(|b| BuildSpec { command: b.command, workdir: dir.join(b.workdir.unwrap_or_default()) }),
             config: raw.config,
             key_value_stores: raw.key_value_stores,
         })

@@ -111,12 +111,16 @@ pub fn load_routes(engine: &Engine, linker: &Linker<Host>, manifest: &Manifest) 
         .iter()
         .map(|spec| Route { spec: spec.clone(), component: loaded[spec.component.as_str()].clone() })
         .collect();
-    routes.sort_by(|a, b| b.spec.matcher.specificity().cmp(&a.spec.matcher.specificity()));
+    routes.sort_by_key(|route| std::cmp::Reverse(route.spec.matcher.specificity()));
     Ok(RouteTable { routes })
 }
 
 /// Compiles one component and checks its exports and imports.
-pub fn load_component(engine: &Engine, linker: &Linker<Host>, spec: &ComponentSpec) -> Result<LoadedComponent> {
+pub fn load_component(
+    engine: &Engine,
+    linker: &Linker<Host>,
+    spec: &ComponentSpec,
+) -> Result<LoadedComponent> {
     let bytes = std::fs::read(&spec.source).context("cannot read the component file")?;
     check_is_component(&bytes)?;
     let component = Component::new(engine, &bytes)
@@ -153,7 +157,8 @@ fn pre_instantiate(engine: &Engine, linker: &Linker<Host>, component: &Component
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| anyhow!("it imports something Wharf does not provide: {e}"))?;
-    let exports: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> =
+        component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
     if exports.iter().any(|name| name.starts_with(P2_HANDLER_PREFIX)) {
         let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
             .map_err(anyhow::Error::from)

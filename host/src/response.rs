@@ -33,7 +33,8 @@ pub fn plain(status: StatusCode, message: &str) -> http::Response<ResponseBody> 
 
 /// 503 with `Retry-After`, for load shedding.
 pub fn overloaded(retry_after_secs: u64) -> http::Response<ResponseBody> {
-    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: server is at capacity, retry later");
+    let mut response =
+        plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: server is at capacity, retry later");
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     response
 }

@@ -34,7 +34,9 @@ impl Listeners {
         let local_addr = first.local_addr()?;
         let mut sockets = vec![first];
         for _ in 1..count.max(1) {
-            sockets.push(reuseport_listener(local_addr).with_context(|| format!("cannot listen on {local_addr}"))?);
+            sockets.push(
+                reuseport_listener(local_addr).with_context(|| format!("cannot listen on {local_addr}"))?,
+            );
         }
         Ok(Self { sockets, local_addr })
     }

@@ -64,8 +64,9 @@ async fn unknown_paths_get_404() {
 async fn ten_concurrent_counter_requests_overlap_and_count_distinctly() {
     let (server, _dir) = TestServer::start(APP).await;
     let client = http1_client();
+    let url = server.url("/api");
     let started = Instant::now();
-    let replies = futures::future::join_all((0..10).map(|_| get(&client, &server.url("/api")))).await;
+    let replies = futures::future::join_all((0..10).map(|_| get(&client, &url))).await;
     let elapsed = started.elapsed();
 
     let mut numbers = BTreeSet::new();
@@ -93,7 +94,8 @@ async fn a_thousand_concurrent_increments_are_exact_and_survive_a_restart() {
     );
     let server = TestServer::start_in(dir.path(), &app).await;
     let client = http1_client();
-    let replies = futures::future::join_all((0..1000).map(|_| get(&client, &server.url("/api")))).await;
+    let url = server.url("/api");
+    let replies = futures::future::join_all((0..1000).map(|_| get(&client, &url))).await;
     let mut numbers = BTreeSet::new();
     for reply in &replies {
         assert_eq!(reply.status, 200, "{}", reply.body);

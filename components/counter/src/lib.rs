@@ -20,9 +20,8 @@ impl Guest for Counter {
                 return wharf_guest::respond(out, 500, "application/json", body.as_bytes());
             }
         };
-        let delay_ms = wharf_guest::config("delay_ms")
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(DEFAULT_DELAY_MS);
+        let delay_ms =
+            wharf_guest::config("delay_ms").and_then(|value| value.parse().ok()).unwrap_or(DEFAULT_DELAY_MS);
         wharf_guest::sleep_ms(delay_ms);
         let body = serde_json::json!({
             "request_num": request_num,

@@ -73,9 +73,7 @@ pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u
 pub fn write_all(body: &OutgoingBody, bytes: &[u8]) {
     let stream = body.write().expect("body stream taken once");
     for chunk in bytes.chunks(4096) {
-        stream
-            .blocking_write_and_flush(chunk)
-            .expect("client still reading");
+        stream.blocking_write_and_flush(chunk).expect("client still reading");
     }
 }
 
