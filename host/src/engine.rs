@@ -23,7 +23,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Core instances one component instance may use. A Rust component built for
 /// `wasm32-wasip2` takes a handful; a component with the preview-1 adapter or
 /// composed of others takes more.
-const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 20;
+pub(crate) const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 20;
 
 /// Settings that shape the engine.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct EngineSettings {
     pub max_instance_memory: u64,
     /// Whether to try the pooling allocator (falls back to on-demand).
     pub pooling: bool,
+    /// Whether to meter fuel (only when some component sets `fuel`).
+    pub fuel: bool,
 }
 
 /// Which instance allocator the engine ended up with.
@@ -66,6 +68,7 @@ pub fn build_engine(settings: &EngineSettings) -> Result<(Engine, AllocatorKind)
 fn config(settings: &EngineSettings, pooling: Option<PoolingAllocationConfig>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config.consume_fuel(settings.fuel);
     // A reservation as large as the largest memory allowed: small slots keep
     // the pool's address space and page tables small (bounds checks are
     // explicit, which costs guests little).

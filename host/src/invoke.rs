@@ -1,25 +1,28 @@
-//! One request through one fresh instance: a new `Store`, instantiation from
-//! the pre-instance, the guest's `handle` call in a task of its own (so the
-//! body streams after the headers go out), the deadline for the headers, and
-//! cancellation of the guest when the client goes away.
+//! One request through one fresh instance: a new `Store` with the
+//! component's limits, instantiation from the pre-instance, the guest's
+//! `handle` call in a task of its own (so the body streams after the headers
+//! go out), and the deadlines: for the headers, between body chunks, and for
+//! the whole response.
 //!
 //! The guest task is tied to the response: if the request future or the
-//! response body is dropped before the body ends (the client disconnected,
-//! or the deadline passed), the task is aborted and its instance freed.
+//! response body is dropped before the body ends (the client disconnected),
+//! or a deadline passes, the task is aborted and its instance freed at once.
 
 use crate::App;
 use crate::host::{Host, LiveInstance};
 use crate::keyvalue::KeyValueCtx;
-use crate::registry::{HandlerPre, Route};
+use crate::registry::{HandlerPre, LoadedComponent, Route};
 use crate::response::{self, ResponseBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
+use tokio::time::{Instant, Sleep};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -41,13 +44,13 @@ pub enum InvokeError {
     #[error("guest trapped: {0}")]
     Trapped(String),
     /// The guest returned without setting a response.
-    #[error("guest returned no response")]
+    #[error("guest returned without a response")]
     NoResponse,
     /// The guest answered with a `wasi:http` error code.
     #[error("guest reported an error: {0}")]
     GuestError(String),
     /// No response headers before the route's deadline.
-    #[error("deadline passed before response headers")]
+    #[error("no response headers before the route's timeout")]
     TimedOut,
 }
 
@@ -66,6 +69,11 @@ impl InvokeError {
     }
 }
 
+/// A streamed body ended by a deadline (between chunks, or overall).
+#[derive(Debug, thiserror::Error)]
+#[error("response stream ended by its {0} deadline")]
+pub struct StreamDeadline(&'static str);
+
 /// Runs `route`'s component on `request` and returns its response, or the
 /// error explaining why there is none. `permit` (the admission slot) lives
 /// exactly as long as the instance.
@@ -75,6 +83,7 @@ pub async fn invoke(
     request: http::Request<hyper::body::Incoming>,
     permit: OwnedSemaphorePermit,
 ) -> Result<http::Response<ResponseBody>, InvokeError> {
+    let started = Instant::now();
     let component = route.component.clone();
     let mut store = new_store(app, &component);
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -101,15 +110,18 @@ pub async fn invoke(
             }
         }
     });
-    let mut guard = GuestTask { abort: task.abort_handle(), armed: true, app: app.clone() };
+    let guard = GuestTask { abort: task.abort_handle(), armed: true };
 
     let headers = match tokio::time::timeout(route.spec.timeout, receiver).await {
-        Err(_elapsed) => return Err(InvokeError::TimedOut),
+        Err(_elapsed) => {
+            guard.abort();
+            return Err(InvokeError::TimedOut);
+        }
         Ok(Ok(headers)) => headers,
-        // The guest dropped its outparam without setting it: it finished or
+        // The guest dropped its outparam without setting it: it returned or
         // trapped. Its task says which.
         Ok(Err(_closed)) => {
-            guard.armed = false;
+            guard.disarm();
             return Err(match task.await {
                 Ok(Ok(())) => InvokeError::NoResponse,
                 Ok(Err(error)) => error,
@@ -118,23 +130,39 @@ pub async fn invoke(
         }
     };
     match headers {
-        Ok(response) => {
-            Ok(response.map(|body| response::boxed(GuestBody { inner: body, guard: Some(guard) })))
+        Ok(response) => Ok(response.map(|body| {
+            response::boxed(GuestBody {
+                inner: body,
+                guard: Some(guard),
+                idle_timeout: route.spec.idle_timeout,
+                deadline: started + route.spec.max_duration,
+                idle: None,
+                overall: None,
+            })
+        })),
+        Err(code) => {
+            guard.disarm();
+            Err(InvokeError::GuestError(format!("{code:?}")))
         }
-        Err(code) => Err(InvokeError::GuestError(format!("{code:?}"))),
     }
 }
 
-fn new_store(app: &Arc<App>, component: &crate::registry::LoadedComponent) -> Store<Host> {
+fn new_store(app: &Arc<App>, component: &LoadedComponent) -> Store<Host> {
     let key_value =
         KeyValueCtx { backend: app.key_value.clone(), allowed_stores: component.key_value_stores.clone() };
-    let limits = StoreLimitsBuilder::new().memory_size(app.settings.max_instance_memory as usize).build();
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(component.limits.max_memory as usize)
+        .table_elements(component.limits.max_table_elements)
+        .build();
     let host =
         Host::new(component.config.clone(), key_value, limits, LiveInstance::new(&app.stats.live_instances));
     let mut store = Store::new(&app.engine, host);
     store.limiter(|host| &mut host.limits);
+    if app.fuel_metering {
+        let _ = store.set_fuel(component.limits.fuel.unwrap_or(u64::MAX));
+    }
     // Yield to the runtime at every epoch tick, so a spinning guest cannot
-    // starve the other requests on its thread.
+    // starve the other requests on its thread, and can be aborted.
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
     store
@@ -149,27 +177,61 @@ fn instantiation_error(error: wasmtime::Error) -> InvokeError {
     }
 }
 
-/// Aborts the guest task when dropped while armed: the client left, or the
-/// deadline passed, before the response ended.
+/// Aborts the guest task when dropped while armed: the client left before
+/// the response ended.
 struct GuestTask {
     abort: AbortHandle,
     armed: bool,
-    app: Arc<App>,
+}
+
+impl GuestTask {
+    /// The guest may finish on its own (its response is complete).
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    /// Stops the guest now.
+    fn abort(self) {
+        self.abort.abort();
+        self.disarm();
+    }
 }
 
 impl Drop for GuestTask {
     fn drop(&mut self) {
-        if self.armed && !self.abort.is_finished() {
+        if self.armed {
             self.abort.abort();
-            self.app.stats.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// The guest's response body; ending it normally disarms the abort guard.
+/// The guest's response body, with the stream deadlines; ending it normally
+/// disarms the abort guard.
 struct GuestBody {
     inner: HyperOutgoingBody,
     guard: Option<GuestTask>,
+    idle_timeout: Duration,
+    deadline: Instant,
+    // Timers are created the first time the guest keeps the body waiting,
+    // so a response that is ready at once costs no timer.
+    idle: Option<Pin<Box<Sleep>>>,
+    overall: Option<Pin<Box<Sleep>>>,
+}
+
+impl GuestBody {
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        let idle_timeout = self.idle_timeout;
+        let idle = self.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
+        if idle.as_mut().poll(cx).is_ready() {
+            return Some("idle");
+        }
+        let deadline = self.deadline;
+        let overall = self.overall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if overall.as_mut().poll(cx).is_ready() {
+            return Some("max duration");
+        }
+        None
+    }
 }
 
 impl Body for GuestBody {
@@ -180,13 +242,30 @@ impl Body for GuestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(mut guard) = self.guard.take()
-        {
-            guard.armed = false;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let Some(guard) = self.guard.take() {
+                    guard.disarm();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => {
+                let next = Instant::now() + self.idle_timeout;
+                if let Some(idle) = &mut self.idle {
+                    idle.as_mut().reset(next);
+                }
+                Poll::Ready(Some(frame.map_err(Into::into)))
+            }
+            Poll::Pending => match self.expired(cx) {
+                None => Poll::Pending,
+                Some(which) => {
+                    if let Some(guard) = self.guard.take() {
+                        guard.abort();
+                    }
+                    Poll::Ready(Some(Err(Box::new(StreamDeadline(which)))))
+                }
+            },
         }
-        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -8,8 +8,10 @@
 //!   the linker with every import Wharf provides.
 //! - [`registry`]: loading and checking components; the route table behind
 //!   `ArcSwap` (the hook for hot-swap).
-//! - [`invoke`]: one request through one fresh instance: store, deadline,
-//!   streaming, cancellation.
+//! - [`service`]: the path around a component: route, admit, invoke, record.
+//! - [`invoke`]: one request through one fresh instance: store, limits,
+//!   deadlines, streaming, cancellation.
+//! - [`observe`]: the per-request log line and the server's counters.
 //! - [`host`]: the per-instance state (`Store<Host>`).
 //! - [`keyvalue`]: `wasi:keyvalue` and its backends (redb, memory).
 //! - [`server`]: listeners, a runtime per core, HTTP/1.1 + HTTP/2, drain.
@@ -25,19 +27,19 @@ pub mod host;
 pub mod invoke;
 pub mod keyvalue;
 pub mod manifest;
+pub mod observe;
 pub mod registry;
 pub mod response;
 pub mod server;
+pub mod service;
 
+pub use observe::Stats;
 pub use server::{Listeners, run};
 
 use anyhow::{Context, Result};
 use manifest::Manifest;
 use registry::Registry;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 use tokio::sync::Semaphore;
 
 /// Everything a running server shares across threads.
@@ -51,22 +53,10 @@ pub struct App {
     /// The live route table.
     pub registry: Registry,
     /// Live counters.
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     pub(crate) key_value: Arc<dyn keyvalue::Backend>,
-    admission: Arc<Semaphore>,
-}
-
-/// Counters the server keeps while it runs.
-#[derive(Default)]
-pub struct Stats {
-    /// Instances alive now (a request's instance lives until its body ends).
-    pub live_instances: Arc<AtomicUsize>,
-    /// Requests answered, by any status.
-    pub requests: AtomicU64,
-    /// Guests stopped because their client left or their deadline passed.
-    pub cancelled: AtomicU64,
-    /// Requests turned away with 503 because the server was at capacity.
-    pub shed: AtomicU64,
+    pub(crate) admission: Arc<Semaphore>,
+    pub(crate) fuel_metering: bool,
 }
 
 /// Options that do not come from the manifest.
@@ -91,6 +81,7 @@ impl App {
             max_instances: settings.max_concurrent_requests,
             max_instance_memory: settings.max_instance_memory,
             pooling: options.pooling,
+            fuel: manifest.uses_fuel(),
         };
         let (engine, allocator) = engine::build_engine(&engine_settings)?;
         tracing::info!(?allocator, max_instances = settings.max_concurrent_requests, "engine ready");
@@ -104,11 +95,12 @@ impl App {
         let key_value = keyvalue::open_backend(settings.key_value, &settings.data_dir)?;
         Ok(Arc::new(Self {
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            fuel_metering: engine_settings.fuel,
             settings,
             engine,
             allocator,
             registry: Registry::new(table),
-            stats: Stats::default(),
+            stats: Arc::default(),
             key_value,
         }))
     }
@@ -117,46 +109,4 @@ impl App {
     pub fn in_flight(&self) -> usize {
         self.settings.max_concurrent_requests - self.admission.available_permits()
     }
-}
-
-/// Serves one request: route, admit, invoke, log.
-pub(crate) async fn handle(
-    app: Arc<App>,
-    request: http::Request<hyper::body::Incoming>,
-    peer: SocketAddr,
-) -> server::Response {
-    let start = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let table = app.registry.current();
-    let (response, route, error) = match table.find(&path) {
-        None => (response::plain(http::StatusCode::NOT_FOUND, "Not Found"), None, None),
-        Some(route) => {
-            let outcome = match app.admission.clone().try_acquire_owned() {
-                Err(_) => {
-                    app.stats.shed.fetch_add(1, Ordering::Relaxed);
-                    Err(invoke::InvokeError::PoolExhausted)
-                }
-                Ok(permit) => invoke::invoke(&app, route, request, permit).await,
-            };
-            match outcome {
-                Ok(response) => (response, Some(route.spec.path.as_str()), None),
-                Err(error) => {
-                    (response::for_status(error.status()), Some(route.spec.path.as_str()), Some(error))
-                }
-            }
-        }
-    };
-    app.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let status = response.status().as_u16();
-    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-    match &error {
-        Some(error) if status >= 500 && status != 503 => tracing::error!(
-            %method, %path, route, status, latency_ms, %peer, error = %error, "request failed"
-        ),
-        _ => {
-            tracing::info!(%method, %path, route, status, latency_ms, %peer, error = error.as_ref().map(tracing::field::display), "request")
-        }
-    }
-    response
 }

@@ -72,6 +72,11 @@ pub struct RouteSpec {
     pub component: String,
     /// No response headers by then answers 504. Default 30 s.
     pub timeout: Duration,
+    /// Once the body streams, a gap this long between chunks ends it.
+    /// Default 60 s.
+    pub idle_timeout: Duration,
+    /// The whole response, headers and body, must end by then. Default 600 s.
+    pub max_duration: Duration,
 }
 
 /// How a route's path matches a request path.
@@ -140,6 +145,22 @@ pub struct ComponentSpec {
     pub config: BTreeMap<String, String>,
     /// Key-value stores the component may open; any other is denied.
     pub key_value_stores: Vec<String>,
+    /// What one instance may use.
+    pub limits: InstanceLimits,
+}
+
+/// Per-instance limits; exceeding one traps the instance (500), never the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceLimits {
+    /// Largest linear memory, in bytes. Default: the server's
+    /// `max_instance_memory_mb` (64 MiB), which is also the ceiling.
+    pub max_memory: u64,
+    /// Most elements one table may grow to. Default 20,000.
+    pub max_table_elements: usize,
+    /// Fuel (roughly, wasm instructions) one request may burn; unset means
+    /// unmetered. Setting it on any component turns fuel metering on for the
+    /// whole engine, which costs guests some speed.
+    pub fuel: Option<u64>,
 }
 
 /// A component's `build` table.
@@ -180,6 +201,8 @@ struct RawRoute {
     path: String,
     component: String,
     timeout_secs: Option<f64>,
+    idle_timeout_secs: Option<f64>,
+    max_duration_secs: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +214,9 @@ struct RawComponent {
     config: BTreeMap<String, String>,
     #[serde(default)]
     key_value_stores: Vec<String>,
+    max_memory_mb: Option<u64>,
+    max_table_elements: Option<usize>,
+    fuel: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -202,8 +228,16 @@ struct RawBuild {
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
+const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
 
 impl Manifest {
+    /// Whether any component asks for fuel metering.
+    pub fn uses_fuel(&self) -> bool {
+        self.components.values().any(|c| c.limits.fuel.is_some())
+    }
+
     /// Reads and validates the manifest at `path`. Component files must exist
     /// unless `require_sources` is false (before `--build` has made them).
     pub fn load(path: &Path, require_sources: bool) -> Result<Self> {
@@ -222,7 +256,7 @@ impl Manifest {
 
         let mut components = BTreeMap::new();
         for (name, raw) in raw.component {
-            let spec = ComponentSpec::from_raw(&name, raw, dir, require_sources)
+            let spec = ComponentSpec::from_raw(&name, raw, dir, require_sources, &server)
                 .with_context(|| format!("component {name:?}"))?;
             components.insert(name, spec);
         }
@@ -249,7 +283,21 @@ impl Manifest {
             }
             let timeout =
                 parse_secs(raw.timeout_secs, DEFAULT_TIMEOUT, "timeout_secs").with_context(context)?;
-            routes.push(RouteSpec { path: raw.path, matcher, component: raw.component, timeout });
+            let idle_timeout = parse_secs(raw.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT, "idle_timeout_secs")
+                .with_context(context)?;
+            let max_duration = parse_secs(raw.max_duration_secs, DEFAULT_MAX_DURATION, "max_duration_secs")
+                .with_context(context)?;
+            if max_duration < timeout {
+                bail!("route {:?}: max_duration_secs must not be shorter than timeout_secs", raw.path);
+            }
+            routes.push(RouteSpec {
+                path: raw.path,
+                matcher,
+                component: raw.component,
+                timeout,
+                idle_timeout,
+                max_duration,
+            });
         }
         if routes.is_empty() {
             bail!("no routes: add at least one [[route]] with a path and a component");
@@ -294,7 +342,13 @@ impl ServerSettings {
 }
 
 impl ComponentSpec {
-    fn from_raw(name: &str, raw: RawComponent, dir: &Path, require_sources: bool) -> Result<Self> {
+    fn from_raw(
+        name: &str,
+        raw: RawComponent,
+        dir: &Path,
+        require_sources: bool,
+        server: &ServerSettings,
+    ) -> Result<Self> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             bail!("name must be non-empty and use only letters, digits, '-' and '_'");
         }
@@ -308,7 +362,24 @@ impl ComponentSpec {
                 bail!("key_value_stores: a store name must not be empty");
             }
         }
+        let max_memory = match raw.max_memory_mb {
+            None => server.max_instance_memory,
+            Some(mb) if mb >= 1 && mb << 20 <= server.max_instance_memory => mb << 20,
+            Some(mb) => bail!(
+                "max_memory_mb must be between 1 and server.max_instance_memory_mb ({}), not {mb}",
+                server.max_instance_memory >> 20
+            ),
+        };
+        if raw.fuel == Some(0) {
+            bail!("fuel must be at least 1 (leave it out for unmetered)");
+        }
+        let limits = InstanceLimits {
+            max_memory,
+            max_table_elements: raw.max_table_elements.unwrap_or(DEFAULT_TABLE_ELEMENTS),
+            fuel: raw.fuel,
+        };
         Ok(Self {
+            limits,
             name: name.to_string(),
             source,
             build: raw

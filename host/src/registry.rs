@@ -37,6 +37,7 @@ pub struct LoadedComponent {
     pub(crate) handler: HandlerPre,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) key_value_stores: Arc<[String]>,
+    pub(crate) limits: crate::manifest::InstanceLimits,
 }
 
 /// The pre-instantiated handler, by WASI version. WASI 0.3 handlers will sit
@@ -135,6 +136,7 @@ pub fn load_component(
         handler,
         config: Arc::new(spec.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
         key_value_stores: spec.key_value_stores.clone().into(),
+        limits: spec.limits.clone(),
     })
 }
 

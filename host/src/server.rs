@@ -116,7 +116,7 @@ async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Re
                 let app = app.clone();
                 let service = service_fn(move |request| {
                     let app = app.clone();
-                    async move { Ok::<_, Infallible>(crate::handle(app, request, peer).await) }
+                    async move { Ok::<_, Infallible>(crate::service::handle(app, request, peer).await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);

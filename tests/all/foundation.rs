@@ -30,7 +30,7 @@ source = "{components}/counter.wasm"
 key_value_stores = ["default"]
 
 [component.trap]
-source = "{components}/trap.wasm"
+source = "{components}/fault.wasm"
 "#;
 
 #[tokio::test]
@@ -117,7 +117,7 @@ async fn a_trapping_component_gets_500_and_the_host_keeps_serving() {
     let reply = get(&client, &server.url("/trap")).await;
     assert_eq!(reply.status, 500);
     assert_eq!(reply.body, "Internal Server Error\n", "no internals leak to the client");
-    assert_eq!(get(&client, &server.url("/trap?ok=1")).await.status, 200);
+    assert_eq!(get(&client, &server.url("/trap?mode=ok")).await.status, 200);
     assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
     assert_eq!(server.app.stats.live_instances.load(Ordering::Relaxed), 0);
     server.stop().await;

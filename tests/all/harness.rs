@@ -118,3 +118,66 @@ pub async fn get(client: &HttpClient, url: &str) -> Reply {
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
+
+/// Waits until `condition` holds, checking every 5 ms, for at most
+/// `within`; panics with `what` otherwise. For state the server exposes
+/// only as counters (there is no event to await from outside).
+pub async fn eventually(what: &str, within: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Live instances on `server` now.
+pub fn live(server: &TestServer) -> usize {
+    server.app.stats.live_instances.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Requests `server` counted as cancelled.
+pub fn cancelled(server: &TestServer) -> u64 {
+    server.app.stats.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Opens a raw TCP connection and writes a `GET path` HTTP/1.1 request.
+pub async fn raw_get(server: &TestServer, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads from `stream` until the bytes read so far contain `needle`.
+pub async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before {needle:?}; got {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Sends a GET and returns the response head and its body still streaming.
+pub async fn get_streaming(client: &HttpClient, url: &str) -> http::Response<hyper::body::Incoming> {
+    let request = http::Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    client.request(request).await.expect("request sent")
+}
+
+/// The next data frame of `body`, or `None` if none arrives within `wait`.
+pub async fn next_data(body: &mut hyper::body::Incoming, wait: std::time::Duration) -> Option<String> {
+    loop {
+        match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) => return None,
+            Ok(None) => return Some(String::new()),
+            Ok(Some(frame)) => {
+                if let Ok(data) = frame.expect("body frame").into_data() {
+                    return Some(String::from_utf8_lossy(&data).into_owned());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! What happened to each request: one structured log line when it ends
+//! (method, path, route, status, latency, bytes out, client, outcome, and
+//! the reason for a rejection or failure) and the server's counters.
+//!
+//! A [`RequestRecord`] is created when a request arrives and travels with
+//! it: first inside the request future, then inside the response body. It
+//! reports when it is dropped, so a request whose client vanished (the
+//! future or the body dropped early) is still logged and counted, as
+//! cancelled.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Counters the server keeps while it runs.
+#[derive(Default)]
+pub struct Stats {
+    /// Instances alive now (an instance lives until its guest is done).
+    pub live_instances: Arc<AtomicUsize>,
+    /// Requests that have ended, whatever their outcome.
+    pub requests: AtomicU64,
+    /// Requests whose client went away before the response ended.
+    pub cancelled: AtomicU64,
+    /// Requests ended by a deadline (504, or a stream cut short).
+    pub timed_out: AtomicU64,
+    /// Requests turned away with 503 because the server was at capacity.
+    pub shed: AtomicU64,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was sent in full.
+    Completed,
+    /// The client went away first.
+    Cancelled,
+    /// A deadline ended it.
+    TimedOut,
+    /// The response body failed midway (the guest trapped while streaming).
+    Failed,
+}
+
+/// The record of one request; logs and counts itself when dropped.
+pub struct RequestRecord {
+    stats: Arc<Stats>,
+    method: http::Method,
+    path: String,
+    peer: SocketAddr,
+    start: Instant,
+    /// The route that served it, once known.
+    pub route: Option<String>,
+    status: Option<u16>,
+    bytes_out: u64,
+    outcome: Option<Outcome>,
+    reason: Option<String>,
+}
+
+impl RequestRecord {
+    /// Starts the record of a request.
+    pub fn new(stats: Arc<Stats>, request: &http::Request<impl Sized>, peer: SocketAddr) -> Self {
+        Self {
+            stats,
+            method: request.method().clone(),
+            path: request.uri().path().to_string(),
+            peer,
+            start: Instant::now(),
+            route: None,
+            status: None,
+            bytes_out: 0,
+            outcome: None,
+            reason: None,
+        }
+    }
+
+    /// Notes why the request was rejected or failed (logged, never sent).
+    pub fn set_reason(&mut self, reason: impl Into<String>) {
+        self.reason = Some(reason.into());
+    }
+
+    /// Notes that a deadline ended the request.
+    pub fn set_timed_out(&mut self) {
+        self.outcome = Some(Outcome::TimedOut);
+    }
+
+    /// Wraps `response` so the record follows its body to the end.
+    pub fn attach(
+        mut self,
+        response: http::Response<crate::response::ResponseBody>,
+    ) -> http::Response<crate::response::ResponseBody> {
+        self.status = Some(response.status().as_u16());
+        if response.body().is_end_stream() {
+            self.outcome.get_or_insert(Outcome::Completed);
+        }
+        response.map(|body| crate::response::boxed(RecordedBody { inner: body, record: self }))
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
+        let stats = &self.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Cancelled => stats.cancelled.fetch_add(1, Ordering::Relaxed),
+            Outcome::TimedOut => stats.timed_out.fetch_add(1, Ordering::Relaxed),
+            Outcome::Completed | Outcome::Failed => 0,
+        };
+        let latency_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let (method, path, peer) = (&self.method, &self.path, &self.peer);
+        let route = self.route.as_deref();
+        let status = self.status;
+        let bytes_out = self.bytes_out;
+        let reason = self.reason.as_deref();
+        let outcome = format!("{outcome:?}").to_lowercase();
+        if status.is_some_and(|s| s >= 500 && s != 503) || outcome == "failed" {
+            tracing::error!(%method, %path, route, status, latency_ms, bytes_out, %peer, outcome, reason, "request");
+        } else {
+            tracing::info!(%method, %path, route, status, latency_ms, bytes_out, %peer, outcome, reason, "request");
+        }
+    }
+}
+
+/// A response body that counts bytes out and settles its record at the end.
+struct RecordedBody {
+    inner: crate::response::ResponseBody,
+    record: RequestRecord,
+}
+
+impl Body for RecordedBody {
+    type Data = Bytes;
+    type Error = crate::response::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.record.bytes_out += data.len() as u64;
+                }
+                // hyper stops polling a body that says it has ended.
+                if self.inner.is_end_stream() {
+                    self.record.outcome.get_or_insert(Outcome::Completed);
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                if self.record.outcome.is_none() {
+                    self.record.outcome = Some(if error.is::<crate::invoke::StreamDeadline>() {
+                        Outcome::TimedOut
+                    } else {
+                        Outcome::Failed
+                    });
+                }
+                self.record.reason = Some(error.to_string());
+            }
+            Poll::Ready(None) => {
+                self.record.outcome.get_or_insert(Outcome::Completed);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
