@@ -77,12 +77,17 @@ pub struct StreamDeadline(&'static str);
 /// Runs `route`'s component on `request` and returns its response, or the
 /// error explaining why there is none. `permit` (the admission slot) lives
 /// exactly as long as the instance.
-pub async fn invoke(
+pub async fn invoke<B>(
     app: &Arc<App>,
     route: &Route,
-    request: http::Request<hyper::body::Incoming>,
+    request: http::Request<B>,
     permit: OwnedSemaphorePermit,
-) -> Result<http::Response<ResponseBody>, InvokeError> {
+    worker: Option<OwnedSemaphorePermit>,
+) -> Result<http::Response<ResponseBody>, InvokeError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     let started = Instant::now();
     let component = route.component.clone();
     let mut store = new_store(app, &component);
@@ -97,11 +102,17 @@ pub async fn invoke(
         (incoming, outparam)
     };
 
+    let app_for_task = app.clone();
     let task = tokio::spawn(async move {
-        let _permit = permit;
+        // Declared first, dropped last: the slots are free only once the
+        // instance is gone, so a new request never meets a full pool.
+        let _slots = (permit, worker);
+        let mut store = store;
         match &component.handler {
             HandlerPre::P2(pre) => {
+                let instantiating = std::time::Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
+                app_for_task.metrics.instantiated(instantiating.elapsed().as_secs_f64());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)

@@ -21,17 +21,21 @@
 //! The binary (`main.rs`) only parses arguments and calls [`App::load`],
 //! [`server::Listeners::bind`] and [`run`]; tests call the same three.
 
+pub mod admin;
+pub mod admission;
 pub mod build;
 pub mod engine;
 pub mod host;
 pub mod invoke;
 pub mod keyvalue;
 pub mod manifest;
+pub mod metrics;
 pub mod observe;
 pub mod registry;
 pub mod response;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use observe::Stats;
 pub use server::{Listeners, run};
@@ -55,8 +59,16 @@ pub struct App {
     /// Live counters.
     pub stats: Arc<Stats>,
     pub(crate) key_value: Arc<dyn keyvalue::Backend>,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// When the app was loaded.
+    pub started_at: std::time::Instant,
     pub(crate) admission: Arc<Semaphore>,
     pub(crate) fuel_metering: bool,
+    pub(crate) global_limit: Option<admission::Limiter>,
+    pub(crate) client_limit: Option<Arc<admission::ClientLimiter>>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) connections: Arc<Semaphore>,
 }
 
 /// Options that do not come from the manifest.
@@ -93,7 +105,19 @@ impl App {
             tracing::info!(route = %route.spec.path, component = %route.component.name, digest = %&route.component.digest[..12], "route ready");
         }
         let key_value = keyvalue::open_backend(settings.key_value, &settings.data_dir)?;
+        let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
+        let client_limit = settings.client_rate_limit.as_ref().map(|spec| {
+            let limiter = Arc::new(admission::ClientLimiter::new(spec));
+            start_client_limiter_eviction(&limiter, spec.window);
+            limiter
+        });
         Ok(Arc::new(Self {
+            metrics: metrics::Metrics::default(),
+            started_at: std::time::Instant::now(),
+            global_limit: settings.rate_limit.as_ref().map(|spec| admission::Limiter::new(spec, "global")),
+            client_limit,
+            tls,
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             fuel_metering: engine_settings.fuel,
             settings,
@@ -105,8 +129,27 @@ impl App {
         }))
     }
 
+    /// The key-value backend components share (for operators and tests).
+    pub fn key_value(&self) -> &Arc<dyn keyvalue::Backend> {
+        &self.key_value
+    }
+
     /// Requests being served now.
     pub fn in_flight(&self) -> usize {
         self.settings.max_concurrent_requests - self.admission.available_permits()
     }
+}
+
+/// Evicts idle clients from the per-client limiter once per window, from a
+/// thread that ends when the limiter is dropped.
+fn start_client_limiter_eviction(limiter: &Arc<admission::ClientLimiter>, window: std::time::Duration) {
+    let weak = Arc::downgrade(limiter);
+    let period = window.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+    let _ = std::thread::Builder::new().name("wharf-limiter-eviction".into()).spawn(move || {
+        loop {
+            std::thread::sleep(period);
+            let Some(limiter) = weak.upgrade() else { return };
+            limiter.evict_idle();
+        }
+    });
 }

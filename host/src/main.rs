@@ -31,6 +31,15 @@ enum Command {
         /// Key-value backend (overrides `server.key_value`).
         #[arg(long, value_enum)]
         kv: Option<KvArg>,
+        /// Admin listener address, or `off` (overrides `server.admin_listen`).
+        #[arg(long, env = "WHARF_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+        /// PEM certificate chain: serve HTTPS (with `--tls-key`).
+        #[arg(long, requires = "tls_key", env = "WHARF_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for `--tls-cert`.
+        #[arg(long, requires = "tls_cert", env = "WHARF_TLS_KEY")]
+        tls_key: Option<PathBuf>,
     },
     /// Validate the manifest and its components without serving.
     Check {
@@ -71,7 +80,7 @@ fn main() -> Result<()> {
             println!("{}: ok ({} routes)", manifest.path.display(), manifest.routes.len());
             Ok(())
         }
-        Command::Up { app, listen, kv } => {
+        Command::Up { app, listen, kv, admin_listen, tls_cert, tls_key } => {
             let mut manifest = load_manifest(&app)?;
             if let Some(listen) = listen {
                 manifest.server.listen = listen;
@@ -82,8 +91,22 @@ fn main() -> Result<()> {
                     KvArg::Memory => KeyValueBackendKind::Memory,
                 };
             }
+            if let Some(admin) = admin_listen {
+                manifest.server.admin_listen = match admin.as_str() {
+                    "off" => None,
+                    addr => Some(
+                        addr.parse().with_context(|| format!("--admin-listen {addr:?} is not an address"))?,
+                    ),
+                };
+            }
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                manifest.server.tls = Some(wharf::manifest::TlsFiles { cert, key });
+            }
+            // Idle connections are cheap; let the connection cap, not the
+            // default descriptor limit, decide how many we hold.
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
             let app = wharf::App::load(&manifest, &wharf::LoadOptions::default())?;
-            let listeners = wharf::Listeners::bind(manifest.server.listen, manifest.server.threads)?;
+            let listeners = wharf::Listeners::bind_for(&manifest.server)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(wharf::run(listeners, app, shutdown_signal()))
         }

@@ -49,6 +49,50 @@ pub struct ServerSettings {
     pub threads: usize,
     /// How long a graceful shutdown waits for requests in flight. Default 30 s.
     pub shutdown_timeout: Duration,
+    /// Address of the admin listener (`/healthz`, `/metrics`, reload), or
+    /// `None` for no admin listener. Default `127.0.0.1:3001`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Open connections at most; further ones are closed at once. Default
+    /// 10,000: an idle connection is cheap, the concurrency limit is what
+    /// protects the instances.
+    pub max_connections: usize,
+    /// A client must send its request headers within this. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; larger
+    /// gets 431. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes, unless a route says otherwise; larger
+    /// gets 413. Default 10 MiB.
+    pub max_request_body_bytes: u64,
+    /// Inbound TLS (HTTPS, with HTTP/2 through ALPN), if configured.
+    pub tls: Option<TlsFiles>,
+    /// The global token bucket, if any.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// The per-client-address limiter, if any.
+    pub client_rate_limit: Option<RateLimitSpec>,
+    /// Take the client address from this header (the right-most address in
+    /// it), for a server behind a trusted proxy. Default: the socket's peer.
+    pub trusted_proxy_header: Option<http::HeaderName>,
+}
+
+/// Certificate chain and private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A token bucket: `requests` per `window`, bursting up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    /// Requests allowed per window on average.
+    pub requests: u32,
+    /// The window. Default 1 s.
+    pub window: Duration,
+    /// Requests allowed at once after a quiet spell. Default `requests`.
+    pub burst: u32,
 }
 
 /// Which key-value backend serves `wasi:keyvalue`.
@@ -77,6 +121,32 @@ pub struct RouteSpec {
     pub idle_timeout: Duration,
     /// The whole response, headers and body, must end by then. Default 600 s.
     pub max_duration: Duration,
+    /// Largest request body, in bytes. Default: the server's.
+    pub max_request_body_bytes: u64,
+    /// A token bucket for this route alone, if any.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// A worker pool: at most `workers` instances of this route at once.
+    pub workers: Option<WorkerPoolSpec>,
+    /// Bearer-token authentication, if required.
+    pub auth: Option<AuthSpec>,
+}
+
+/// A route's worker pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerPoolSpec {
+    /// Instances of the route running at once, at most.
+    pub workers: usize,
+    /// Requests waiting in order for a worker, at most; more get 503.
+    pub queue: usize,
+}
+
+/// Where a route's bearer token comes from (never the manifest itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSpec {
+    /// The token is the value of this environment variable.
+    BearerTokenEnv(String),
+    /// The token is the content of this file (trimmed).
+    BearerTokenFile(PathBuf),
 }
 
 /// How a route's path matches a request path.
@@ -193,6 +263,37 @@ struct RawServer {
     max_instance_memory_mb: Option<u64>,
     threads: Option<usize>,
     shutdown_timeout_secs: Option<f64>,
+    admin_listen: Option<String>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<f64>,
+    max_header_bytes: Option<usize>,
+    max_request_body_bytes: Option<u64>,
+    tls: Option<RawTls>,
+    rate_limit: Option<RawRateLimit>,
+    client_rate_limit: Option<RawRateLimit>,
+    trusted_proxy_header: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests: u32,
+    window_secs: Option<f64>,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    bearer_token_env: Option<String>,
+    bearer_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +304,11 @@ struct RawRoute {
     timeout_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
     max_duration_secs: Option<f64>,
+    max_request_body_bytes: Option<u64>,
+    rate_limit: Option<RawRateLimit>,
+    workers: Option<usize>,
+    queue: Option<usize>,
+    auth: Option<RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +333,7 @@ struct RawBuild {
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:3001";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
@@ -290,6 +397,15 @@ impl Manifest {
             if max_duration < timeout {
                 bail!("route {:?}: max_duration_secs must not be shorter than timeout_secs", raw.path);
             }
+            let rate_limit =
+                raw.rate_limit.map(|r| r.validate("rate_limit")).transpose().with_context(context)?;
+            let workers = match (raw.workers, raw.queue) {
+                (None, None) => None,
+                (None, Some(_)) => bail!("route {:?}: queue needs workers", raw.path),
+                (Some(0), _) => bail!("route {:?}: workers must be at least 1", raw.path),
+                (Some(workers), queue) => Some(WorkerPoolSpec { workers, queue: queue.unwrap_or(0) }),
+            };
+            let auth = raw.auth.map(|a| a.validate(dir)).transpose().with_context(context)?;
             routes.push(RouteSpec {
                 path: raw.path,
                 matcher,
@@ -297,6 +413,10 @@ impl Manifest {
                 timeout,
                 idle_timeout,
                 max_duration,
+                max_request_body_bytes: raw.max_request_body_bytes.unwrap_or(server.max_request_body_bytes),
+                rate_limit,
+                workers,
+                auth,
             });
         }
         if routes.is_empty() {
@@ -325,7 +445,44 @@ impl ServerSettings {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let admin_listen = match raw.admin_listen.as_deref() {
+            None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+            Some("off") => None,
+            Some(addr) => Some(addr.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "server.admin_listen: {addr:?} is not an address like \"127.0.0.1:3001\" (or \"off\")"
+                )
+            })?),
+        };
+        let max_header_bytes = raw.max_header_bytes.unwrap_or(32 << 10);
+        if max_header_bytes < 8192 {
+            bail!("server.max_header_bytes must be at least 8192, not {max_header_bytes}");
+        }
+        let trusted_proxy_header = raw
+            .trusted_proxy_header
+            .map(|name| {
+                http::HeaderName::try_from(name.as_str()).map_err(|_| {
+                    anyhow::anyhow!("server.trusted_proxy_header: {name:?} is not a header name")
+                })
+            })
+            .transpose()?;
         Ok(Self {
+            admin_listen,
+            max_connections: raw.max_connections.unwrap_or(10_000).max(1),
+            header_read_timeout: parse_secs(
+                raw.header_read_timeout_secs,
+                Duration::from_secs(10),
+                "server.header_read_timeout_secs",
+            )?,
+            max_header_bytes,
+            max_request_body_bytes: raw.max_request_body_bytes.unwrap_or(10 << 20),
+            tls: raw.tls.map(|t| TlsFiles { cert: dir.join(t.cert), key: dir.join(t.key) }),
+            rate_limit: raw.rate_limit.map(|r| r.validate("server.rate_limit")).transpose()?,
+            client_rate_limit: raw
+                .client_rate_limit
+                .map(|r| r.validate("server.client_rate_limit"))
+                .transpose()?,
+            trusted_proxy_header,
             listen,
             data_dir: dir.join(raw.data_dir.unwrap_or_else(|| ".wharf".into())),
             key_value: raw.key_value.unwrap_or(KeyValueBackendKind::Redb),
@@ -388,6 +545,30 @@ impl ComponentSpec {
             config: raw.config,
             key_value_stores: raw.key_value_stores,
         })
+    }
+}
+
+impl RawRateLimit {
+    fn validate(self, field: &str) -> Result<RateLimitSpec> {
+        if self.requests == 0 {
+            bail!("{field}.requests must be at least 1");
+        }
+        let burst = self.burst.unwrap_or(self.requests);
+        if burst == 0 {
+            bail!("{field}.burst must be at least 1");
+        }
+        let window = parse_secs(self.window_secs, Duration::from_secs(1), &format!("{field}.window_secs"))?;
+        Ok(RateLimitSpec { requests: self.requests, window, burst })
+    }
+}
+
+impl RawAuth {
+    fn validate(self, dir: &Path) -> Result<AuthSpec> {
+        match (self.bearer_token_env, self.bearer_token_file) {
+            (Some(var), None) if !var.is_empty() => Ok(AuthSpec::BearerTokenEnv(var)),
+            (None, Some(file)) => Ok(AuthSpec::BearerTokenFile(dir.join(file))),
+            _ => bail!("auth needs exactly one of bearer_token_env or bearer_token_file"),
+        }
     }
 }
 

@@ -47,10 +47,14 @@ pub enum Outcome {
 
 /// The record of one request; logs and counts itself when dropped.
 pub struct RequestRecord {
-    stats: Arc<Stats>,
+    app: Arc<crate::App>,
     method: http::Method,
     path: String,
     peer: SocketAddr,
+    /// The address limits and logs attribute the request to.
+    pub client: std::net::IpAddr,
+    /// The request's id (`x-request-id`).
+    pub request_id: String,
     start: Instant,
     /// The route that served it, once known.
     pub route: Option<String>,
@@ -62,12 +66,20 @@ pub struct RequestRecord {
 
 impl RequestRecord {
     /// Starts the record of a request.
-    pub fn new(stats: Arc<Stats>, request: &http::Request<impl Sized>, peer: SocketAddr) -> Self {
+    pub fn new(
+        app: Arc<crate::App>,
+        request: &http::Request<impl Sized>,
+        peer: SocketAddr,
+        client: std::net::IpAddr,
+        request_id: String,
+    ) -> Self {
         Self {
-            stats,
+            app,
             method: request.method().clone(),
             path: request.uri().path().to_string(),
             peer,
+            client,
+            request_id,
             start: Instant::now(),
             route: None,
             status: None,
@@ -80,6 +92,23 @@ impl RequestRecord {
     /// Notes why the request was rejected or failed (logged, never sent).
     pub fn set_reason(&mut self, reason: impl Into<String>) {
         self.reason = Some(reason.into());
+    }
+
+    /// Answers with `rejection`, logged and counted under its reason.
+    pub fn reject(
+        self,
+        rejection: &crate::admission::Rejection,
+    ) -> http::Response<crate::response::ResponseBody> {
+        let mut record = self;
+        record.app.metrics.rejected(rejection.reason());
+        if matches!(
+            rejection,
+            crate::admission::Rejection::Overloaded | crate::admission::Rejection::QueueFull
+        ) {
+            record.app.stats.shed.fetch_add(1, Ordering::Relaxed);
+        }
+        record.set_reason(rejection.reason());
+        record.attach(rejection.response())
     }
 
     /// Notes that a deadline ended the request.
@@ -103,24 +132,33 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        let stats = &self.stats;
+        let (stats, metrics) = (&self.app.stats, &self.app.metrics);
         stats.requests.fetch_add(1, Ordering::Relaxed);
         match outcome {
-            Outcome::Cancelled => stats.cancelled.fetch_add(1, Ordering::Relaxed),
-            Outcome::TimedOut => stats.timed_out.fetch_add(1, Ordering::Relaxed),
-            Outcome::Completed | Outcome::Failed => 0,
-        };
-        let latency_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        let (method, path, peer) = (&self.method, &self.path, &self.peer);
+            Outcome::Cancelled => {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                metrics.cancelled();
+            }
+            Outcome::TimedOut => {
+                stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                metrics.timed_out();
+            }
+            Outcome::Completed | Outcome::Failed => {}
+        }
+        let elapsed = self.start.elapsed().as_secs_f64();
+        metrics.request_ended(self.route.as_deref(), self.status, elapsed);
+        let latency_ms = (elapsed * 1e6).round() / 1e3;
+        let (method, path, peer, client, request_id) =
+            (&self.method, &self.path, &self.peer, &self.client, &self.request_id);
         let route = self.route.as_deref();
         let status = self.status;
         let bytes_out = self.bytes_out;
         let reason = self.reason.as_deref();
         let outcome = format!("{outcome:?}").to_lowercase();
         if status.is_some_and(|s| s >= 500 && s != 503) || outcome == "failed" {
-            tracing::error!(%method, %path, route, status, latency_ms, bytes_out, %peer, outcome, reason, "request");
+            tracing::error!(%method, %path, route, status, latency_ms, bytes_out, %client, %peer, %request_id, outcome, reason, "request");
         } else {
-            tracing::info!(%method, %path, route, status, latency_ms, bytes_out, %peer, outcome, reason, "request");
+            tracing::info!(%method, %path, route, status, latency_ms, bytes_out, %client, %peer, %request_id, outcome, reason, "request");
         }
     }
 }

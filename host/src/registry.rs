@@ -6,6 +6,7 @@
 //! (not a core module, not something else), it must export
 //! `wasi:http/incoming-handler`, and every import must be one Wharf provides.
 
+use crate::admission::RoutePolicy;
 use crate::host::Host;
 use crate::manifest::{ComponentSpec, Manifest, RouteSpec};
 use anyhow::{Context, Result, anyhow, bail};
@@ -53,6 +54,8 @@ pub struct Route {
     pub spec: RouteSpec,
     /// The component serving it.
     pub component: Arc<LoadedComponent>,
+    /// Its own rate limit, worker pool and auth.
+    pub policy: RoutePolicy,
 }
 
 /// Routes ordered most specific first.
@@ -107,11 +110,11 @@ pub fn load_routes(engine: &Engine, linker: &Linker<Host>, manifest: &Manifest) 
             .with_context(|| format!("component {:?} ({})", spec.name, spec.source.display()))?;
         loaded.insert(&spec.name, Arc::new(component));
     }
-    let mut routes: Vec<Route> = manifest
-        .routes
-        .iter()
-        .map(|spec| Route { spec: spec.clone(), component: loaded[spec.component.as_str()].clone() })
-        .collect();
+    let mut routes = Vec::with_capacity(manifest.routes.len());
+    for spec in &manifest.routes {
+        let policy = RoutePolicy::from_spec(spec).with_context(|| format!("route {:?}", spec.path))?;
+        routes.push(Route { spec: spec.clone(), component: loaded[spec.component.as_str()].clone(), policy });
+    }
     routes.sort_by_key(|route| std::cmp::Reverse(route.spec.matcher.specificity()));
     Ok(RouteTable { routes })
 }

@@ -20,13 +20,33 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Listening sockets bound to one address, one per runtime thread.
+/// Listening sockets bound to one address, one per runtime thread, and the
+/// admin listener's socket.
 pub struct Listeners {
     sockets: Vec<std::net::TcpListener>,
     local_addr: SocketAddr,
+    admin: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
+    /// Binds what `settings` asks for: `listen` once per thread, and
+    /// `admin_listen` if set.
+    pub fn bind_for(settings: &crate::manifest::ServerSettings) -> Result<Self> {
+        let mut listeners = Self::bind(settings.listen, settings.threads)?;
+        if let Some(admin) = settings.admin_listen {
+            let socket = std::net::TcpListener::bind(admin)
+                .with_context(|| format!("cannot listen on {admin} (server.admin_listen)"))?;
+            socket.set_nonblocking(true)?;
+            listeners.admin = Some(socket);
+        }
+        Ok(listeners)
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
     /// Binds `count` sockets to `addr` with `SO_REUSEPORT`, so the kernel
     /// spreads connections across them. Port 0 picks one free port for all.
     pub fn bind(addr: SocketAddr, count: usize) -> Result<Self> {
@@ -38,7 +58,7 @@ impl Listeners {
                 reuseport_listener(local_addr).with_context(|| format!("cannot listen on {local_addr}"))?,
             );
         }
-        Ok(Self { sockets, local_addr })
+        Ok(Self { sockets, local_addr, admin: None })
     }
 
     /// The address actually bound (with the real port when 0 was asked).
@@ -81,7 +101,13 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
             .context("cannot spawn a worker thread")?;
         workers.push(done_rx);
     }
-    tracing::info!(addr = %listeners.local_addr, threads = workers.len(), "listening");
+    let tls = app.tls.is_some();
+    tracing::info!(addr = %listeners.local_addr, threads = workers.len(), tls, "listening");
+    if let Some(admin) = listeners.admin {
+        let listener = tokio::net::TcpListener::from_std(admin)?;
+        tracing::info!(addr = %listener.local_addr()?, "admin listening (/healthz, /metrics)");
+        tokio::spawn(crate::admin::serve(listener, app.clone(), stop_rx.clone()));
+    }
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining requests in flight");
@@ -96,9 +122,16 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
 async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
     let graceful = GracefulShutdown::new();
+    let settings = &app.settings;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(settings.max_header_bytes as u32);
+    let builder = Arc::new(builder);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -112,16 +145,42 @@ async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Re
                         continue;
                     }
                 };
+                // Over the cap: close at once, so the client fails fast
+                // rather than waiting in the backlog.
+                let Ok(connection_slot) = app.connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = settings.max_connections, "connection limit reached; closing");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let service = service_fn(move |request| {
+                let service = service_fn({
                     let app = app.clone();
-                    async move { Ok::<_, Infallible>(crate::service::handle(app, request, peer).await) }
+                    move |request| {
+                        let app = app.clone();
+                        async move { Ok::<_, Infallible>(crate::service::handle(app, request, peer).await) }
+                    }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let _connection_slot = connection_slot;
+                    let result = match &app.tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+                        Some(acceptor) => {
+                            // The handshake counts against the header timeout.
+                            let handshake = tokio::time::timeout(app.settings.header_read_timeout, acceptor.accept(stream));
+                            let stream = match handshake.await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                        }
+                    };
+                    if let Err(error) = result {
                         tracing::debug!(%peer, error = %error, "connection ended with an error");
                     }
                 });

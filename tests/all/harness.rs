@@ -28,6 +28,7 @@ pub fn component(name: &str) -> PathBuf {
 /// A running Wharf server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub app: Arc<App>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -41,15 +42,19 @@ impl TestServer {
         let text = manifest.replace("{components}", &component_dir().display().to_string());
         let path = dir.join("wharf.toml");
         std::fs::write(&path, text).unwrap();
-        let manifest = Manifest::load(&path, true).expect("valid test manifest");
+        let mut manifest = Manifest::load(&path, true).expect("valid test manifest");
+        manifest.server.listen = "127.0.0.1:0".parse().unwrap();
+        manifest.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        manifest.server.threads = 2;
         let app = App::load(&manifest, &wharf::LoadOptions::default()).expect("app loads");
-        let listeners = wharf::Listeners::bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let listeners = wharf::Listeners::bind_for(&manifest.server).unwrap();
         let addr = listeners.local_addr();
+        let admin = listeners.admin_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(wharf::run(listeners, app.clone(), async move {
             let _ = rx.await;
         }));
-        Self { addr, app, shutdown: Some(tx), task: Some(task) }
+        Self { addr, admin, app, shutdown: Some(tx), task: Some(task) }
     }
 
     /// Like [`Self::start_in`], in a fresh temporary directory kept alive by
@@ -62,6 +67,11 @@ impl TestServer {
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://ADMIN{path}` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     /// Triggers a graceful shutdown and waits for the server to return.
@@ -103,6 +113,33 @@ impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
+}
+
+/// A pooled HTTP/1.1 client whose connections come from `local` (for
+/// example 127.0.0.2, to look like a second client address).
+pub fn http1_client_from(local: std::net::IpAddr) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(local));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Sends `request` with `client` and reads the whole body.
+pub async fn send(client: &HttpClient, request: http::Request<Full<Bytes>>) -> Reply {
+    let response = client.request(request).await.expect("request sent");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body read").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Releases every `hold` request waiting for `key` (writes it to the
+/// key-value store directly, so it works even when the server is full).
+pub async fn release(server: &TestServer, key: &str) {
+    server.app.key_value().set("default".into(), key.into(), b"1".to_vec()).await.unwrap();
 }
 
 /// GETs `url` with `client` and reads the whole body.
@@ -180,4 +217,11 @@ pub async fn next_data(body: &mut hyper::body::Incoming, wait: std::time::Durati
             }
         }
     }
+}
+
+/// Requests waiting in `route`'s worker queue now.
+pub fn queue_depth(server: &TestServer, route: &str) -> usize {
+    let table = server.app.registry.current();
+    let route = table.routes().iter().find(|r| r.spec.path == route).expect("route exists");
+    route.policy.workers.as_ref().map_or(0, |pool| pool.queue_depth())
 }

@@ -1,7 +1,9 @@
 //! Wharf's integration tests: one binary, a module per capability, all of
 //! them driving the real host over real sockets with real components.
 
+mod admission;
 mod foundation;
 mod harness;
 mod manifest_ui;
 mod streaming;
+mod tls;

@@ -1,8 +1,8 @@
 //! `hold` (tests only): holds a request until the test releases it, so tests
 //! synchronise on events instead of sleeps. Uses key-value store `default`.
 //! - `?release=KEY`: sets KEY, answers 200 `released KEY`;
-//! - `?wait=KEY`: increments `arrived`, waits until KEY is set, answers 200
-//!   `KEY` (the order requests were let through is visible in their bodies);
+//! - `?wait=KEY`: increments `arrived` (to N), waits until KEY is set,
+//!   answers 200 `KEY N` (N shows the order requests reached their instance);
 //! - `?wait=KEY&stream=1`: sends headers and `first\n` at once, waits until
 //!   KEY is set, then sends `second\n` and ends.
 
@@ -22,7 +22,7 @@ impl Guest for Hold {
             return wharf_guest::respond(out, 200, "text/plain", format!("released {key}").as_bytes());
         }
         let key = wharf_guest::query_param(&request, "wait").unwrap_or_else(|| "go".into());
-        atomics::increment(&bucket, "arrived", 1).expect("increment");
+        let arrived = atomics::increment(&bucket, "arrived", 1).expect("increment");
         if wharf_guest::query_param(&request, "stream").is_some() {
             let response = OutgoingResponse::new(Fields::new());
             let body = response.body().expect("body");
@@ -36,7 +36,7 @@ impl Guest for Hold {
             return;
         }
         wait_for(&bucket, &key);
-        wharf_guest::respond(out, 200, "text/plain", key.as_bytes());
+        wharf_guest::respond(out, 200, "text/plain", format!("{key} {arrived}").as_bytes());
     }
 }
 

@@ -1,0 +1,113 @@
+//! The admin listener, on its own address (loopback by default): `GET
+//! /healthz` (JSON: status, uptime, in-flight requests, live instances, each
+//! route's queue depth, loaded components with digests) and `GET /metrics`
+//! (Prometheus text format).
+
+use crate::App;
+use crate::response::{self, ResponseBody};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
+
+/// Serves the admin endpoints on `listener` until `stop` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, request).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn route(
+    app: &Arc<App>,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<ResponseBody> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => json(health(app)),
+        (&Method::GET, "/metrics") => {
+            let mut response =
+                http::Response::new(response::boxed(Full::new(Bytes::from(app.metrics.render(app)))));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        _ => response::plain(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// The `/healthz` document.
+pub fn health(app: &App) -> serde_json::Value {
+    let table = app.registry.current();
+    let routes: Vec<_> = table
+        .routes()
+        .iter()
+        .map(|route| {
+            let pool = route.policy.workers.as_ref();
+            serde_json::json!({
+                "path": route.spec.path,
+                "component": route.component.name,
+                "workers": pool.map(|p| p.spec().workers),
+                "queue_depth": pool.map_or(0, |p| p.queue_depth()),
+            })
+        })
+        .collect();
+    let mut components: Vec<_> = table.routes().iter().map(|r| r.component.clone()).collect();
+    components.sort_by(|a, b| a.name.cmp(&b.name));
+    components.dedup_by(|a, b| a.name == b.name);
+    let components: Vec<_> = components
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "digest": c.digest,
+                "source": c.source.display().to_string(),
+                "loaded_at_unix": c.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "status": "ok",
+        "uptime_secs": app.started_at.elapsed().as_secs(),
+        "in_flight": app.in_flight(),
+        "live_instances": app.stats.live_instances.load(Ordering::Relaxed),
+        "requests": app.stats.requests.load(Ordering::Relaxed),
+        "cancelled": app.stats.cancelled.load(Ordering::Relaxed),
+        "timed_out": app.stats.timed_out.load(Ordering::Relaxed),
+        "shed": app.stats.shed.load(Ordering::Relaxed),
+        "allocator": format!("{:?}", app.allocator),
+        "routes": routes,
+        "components": components,
+    })
+}
+
+fn json(value: serde_json::Value) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(response::boxed(Full::new(Bytes::from(value.to_string()))));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

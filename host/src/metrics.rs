@@ -1,0 +1,162 @@
+//! Prometheus metrics (through `prometheus-client`), served by the admin
+//! listener at `/metrics`. Counters and histograms are updated as requests
+//! end; gauges (in flight, live instances, queue depths, loaded components)
+//! are read from the live state at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentInfo {
+    component: String,
+    digest: String,
+}
+
+/// Every metric Wharf exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    duration: Family<RouteLabel, Histogram>,
+    rejections: Family<Reason, Counter>,
+    cancelled: Counter,
+    timed_out: Counter,
+    instantiation: Histogram,
+    in_flight: Gauge,
+    live_instances: Gauge,
+    queue_depth: Family<RouteLabel, Gauge>,
+    components: Family<ComponentInfo, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 us to about 52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wharf");
+        let requests = Family::<RouteStatus, Counter>::default();
+        registry.register("requests", "Requests ended, by route and status", requests.clone());
+        let duration = Family::<RouteLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to end of response",
+            duration.clone(),
+        );
+        let rejections = Family::<Reason, Counter>::default();
+        registry.register(
+            "rejections",
+            "Requests turned away before their component, by reason",
+            rejections.clone(),
+        );
+        let cancelled = Counter::default();
+        registry.register(
+            "requests_cancelled",
+            "Requests whose client left before the response ended",
+            cancelled.clone(),
+        );
+        let timed_out = Counter::default();
+        registry.register("requests_timed_out", "Requests ended by a deadline", timed_out.clone());
+        let instantiation = Histogram::new(exponential_buckets(0.000_005, 2.0, 16));
+        registry.register("instantiation_seconds", "Time to instantiate a component", instantiation.clone());
+        let in_flight = Gauge::default();
+        registry.register("requests_in_flight", "Requests holding an admission permit", in_flight.clone());
+        let live_instances = Gauge::default();
+        registry.register("live_instances", "Component instances alive", live_instances.clone());
+        let queue_depth = Family::<RouteLabel, Gauge>::default();
+        registry.register(
+            "route_queue_depth",
+            "Requests waiting for a route's worker pool",
+            queue_depth.clone(),
+        );
+        let components = Family::<ComponentInfo, Gauge>::default();
+        registry.register("component_info", "Loaded components and their digests", components.clone());
+        Self {
+            registry,
+            requests,
+            duration,
+            rejections,
+            cancelled,
+            timed_out,
+            instantiation,
+            in_flight,
+            live_instances,
+            queue_depth,
+            components,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one ended request.
+    pub fn request_ended(&self, route: Option<&str>, status: Option<u16>, seconds: f64) {
+        let route = route.unwrap_or("").to_string();
+        self.requests.get_or_create(&RouteStatus { route: route.clone(), status: status.unwrap_or(0) }).inc();
+        self.duration.get_or_create(&RouteLabel { route }).observe(seconds);
+    }
+
+    /// Counts a rejection.
+    pub fn rejected(&self, reason: &str) {
+        self.rejections.get_or_create(&Reason { reason: reason.to_string() }).inc();
+    }
+
+    /// Counts a cancellation (client gone).
+    pub fn cancelled(&self) {
+        self.cancelled.inc();
+    }
+
+    /// Counts a request ended by a deadline.
+    pub fn timed_out(&self) {
+        self.timed_out.inc();
+    }
+
+    /// Records one instantiation's duration.
+    pub fn instantiated(&self, seconds: f64) {
+        self.instantiation.observe(seconds);
+    }
+
+    /// The text exposition, with gauges read from `app` now.
+    pub fn render(&self, app: &crate::App) -> String {
+        self.in_flight.set(app.in_flight() as i64);
+        self.live_instances.set(app.stats.live_instances.load(Ordering::Relaxed) as i64);
+        let table = app.registry.current();
+        self.components.clear();
+        for route in table.routes() {
+            if let Some(pool) = &route.policy.workers {
+                self.queue_depth
+                    .get_or_create(&RouteLabel { route: route.spec.path.clone() })
+                    .set(pool.queue_depth() as i64);
+            }
+            self.components
+                .get_or_create(&ComponentInfo {
+                    component: route.component.name.clone(),
+                    digest: route.component.digest.clone(),
+                })
+                .set(1);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
+        text
+    }
+}

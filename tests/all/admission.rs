@@ -1,0 +1,294 @@
+//! Admission control and middleware: load shedding, rate limits, worker
+//! pools, auth, connection limits, request ids, health and metrics.
+
+use crate::harness::*;
+use bytes::Bytes;
+use http_body_util::Full;
+use std::time::Duration;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn app(server_extra: &str, hold_route_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+key_value = "memory"
+{server_extra}
+
+[[route]]
+path = "/hello"
+component = "hello"
+
+[[route]]
+path = "/hold"
+component = "hold"
+{hold_route_extra}
+
+[[route]]
+path = "/echo"
+component = "echo"
+max_request_body_bytes = 1000
+
+[component.hello]
+source = "{{components}}/hello.wasm"
+
+[component.hold]
+source = "{{components}}/hold.wasm"
+key_value_stores = ["default"]
+
+[component.echo]
+source = "{{components}}/echo.wasm"
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_burst_past_the_concurrency_limit_gets_exactly_the_extra_503s() {
+    let (server, _dir) = TestServer::start(&app("max_concurrent_requests = 4", "")).await;
+    let client = http1_client();
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/hold?wait=go"));
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    eventually("4 instances holding", 5 * SECOND, || live(&server) == 4).await;
+    let url = server.url("/hello");
+    let burst = futures::future::join_all((0..6).map(|_| get(&client, &url))).await;
+    for reply in &burst {
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.headers["retry-after"], "1");
+    }
+    release(&server, "go").await;
+    for reply in futures::future::join_all(held).await {
+        assert_eq!(reply.unwrap().status, 200);
+    }
+    eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
+    assert_eq!(get(&client, &server.url("/hello")).await.status, 200, "capacity is back");
+    let metrics = get(&client, &server.admin_url("/metrics")).await.body;
+    assert!(metrics.contains(r#"wharf_rejections_total{reason="overloaded"} 6"#), "{metrics}");
+    assert!(!metrics.contains(r#"status="500""#));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_global_bucket_answers_429_with_retry_after() {
+    let (server, _dir) =
+        TestServer::start(&app("rate_limit = { requests = 5, window_secs = 60, burst = 5 }", "")).await;
+    let client = http1_client();
+    for _ in 0..5 {
+        assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
+    }
+    let limited = get(&client, &server.url("/hello")).await;
+    assert_eq!(limited.status, 429);
+    // One token every 12 s.
+    let retry_after: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((11..=12).contains(&retry_after), "retry-after {retry_after}");
+    // Global: another address is limited too.
+    assert_eq!(
+        get(&http1_client_from("127.0.0.2".parse().unwrap()), &server.url("/hello")).await.status,
+        429
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_client_limit_spares_other_addresses() {
+    let (server, _dir) =
+        TestServer::start(&app("client_rate_limit = { requests = 3, window_secs = 60 }", "")).await;
+    let first = http1_client();
+    for _ in 0..3 {
+        assert_eq!(get(&first, &server.url("/hello")).await.status, 200);
+    }
+    let limited = get(&first, &server.url("/hello")).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.headers["retry-after"], "20");
+    let second = http1_client_from("127.0.0.2".parse().unwrap());
+    for _ in 0..3 {
+        assert_eq!(get(&second, &server.url("/hello")).await.status, 200, "127.0.0.2 has its own bucket");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_pool_queues_in_order_and_sheds_past_its_queue() {
+    let (server, _dir) = TestServer::start(&app("", "workers = 1\nqueue = 2")).await;
+    let client = http1_client();
+    let spawn_get = |path: &str| {
+        let (client, url) = (client.clone(), server.url(path));
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    let depth = |server: &TestServer| crate::harness::queue_depth(server, "/hold");
+    let running = spawn_get("/hold?wait=a");
+    eventually("first request running", 5 * SECOND, || live(&server) == 1).await;
+    let second = spawn_get("/hold?wait=b");
+    eventually("second queued", 5 * SECOND, || depth(&server) == 1).await;
+    let third = spawn_get("/hold?wait=c");
+    eventually("third queued", 5 * SECOND, || depth(&server) == 2).await;
+
+    let overflow = get(&client, &server.url("/hold?wait=d")).await;
+    assert_eq!(overflow.status, 503);
+    assert_eq!(overflow.headers["retry-after"], "1");
+    let health = get(&client, &server.admin_url("/healthz")).await.json();
+    let hold = health["routes"].as_array().unwrap().iter().find(|r| r["path"] == "/hold").unwrap().clone();
+    assert_eq!((hold["workers"].as_u64(), hold["queue_depth"].as_u64()), (Some(1), Some(2)));
+
+    for key in ["b", "c", "a"] {
+        release(&server, key).await;
+    }
+    assert_eq!(running.await.unwrap().body, "a 1");
+    assert_eq!(second.await.unwrap().body, "b 2", "queued requests run in arrival order");
+    assert_eq!(third.await.unwrap().body, "c 3");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_request_whose_client_leaves_leaves_the_queue() {
+    let (server, _dir) = TestServer::start(&app("", "workers = 1\nqueue = 1")).await;
+    let client = http1_client();
+    let (c, url) = (client.clone(), server.url("/hold?wait=a"));
+    let running = tokio::spawn(async move { get(&c, &url).await });
+    eventually("first request running", 5 * SECOND, || live(&server) == 1).await;
+    let queued = raw_get(&server, "/hold?wait=b").await;
+    eventually("second queued", 5 * SECOND, || queue_depth(&server, "/hold") == 1).await;
+    drop(queued);
+    eventually("queue emptied", 5 * SECOND, || queue_depth(&server, "/hold") == 0).await;
+    // Its place is free again.
+    let (c, url) = (client.clone(), server.url("/hold?wait=c"));
+    let third = tokio::spawn(async move { get(&c, &url).await });
+    eventually("third queued", 5 * SECOND, || queue_depth(&server, "/hold") == 1).await;
+    release(&server, "a").await;
+    release(&server, "c").await;
+    assert_eq!(running.await.unwrap().status, 200);
+    assert_eq!(third.await.unwrap().status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bearer_auth_guards_a_route() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    let server = TestServer::start_in(dir.path(), &app("", "auth = { bearer_token_file = \"token\" }")).await;
+    let client = http1_client();
+    let url = server.url("/hold?release=x");
+    let missing = get(&client, &url).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.headers["www-authenticate"], "Bearer");
+    let with = |token: &str| {
+        http::Request::get(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(send(&client, with("wrong")).await.status, 401);
+    assert_eq!(send(&client, with("s3cret-token")).await.status, 200);
+    assert_eq!(get(&client, &server.url("/hello")).await.status, 200, "other routes need no token");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_header_client_is_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, _dir) = TestServer::start(&app("header_read_timeout_secs = 0.5", "")).await;
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let client = http1_client();
+    for _ in 0..5 {
+        assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(5 * SECOND, slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the slow client was never cut off");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_oversized_bodies_413() {
+    let (server, _dir) = TestServer::start(&app("", "")).await;
+    let client = http1_client();
+    let big_header = http::Request::get(server.url("/hello"))
+        .header("x-big", "a".repeat(40 << 10))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client, big_header).await.status, 431);
+
+    let post =
+        |body: Vec<u8>| http::Request::post(server.url("/echo")).body(Full::new(Bytes::from(body))).unwrap();
+    let fits = send(&client, post(vec![b'x'; 1000])).await;
+    assert_eq!((fits.status, fits.body.len()), (200, 1000));
+    assert_eq!(send(&client, post(vec![b'x'; 1001])).await.status, 413, "declared length over the limit");
+
+    // Without a declared length the limit is found while streaming.
+    let chunks = futures::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'y'; 500])))),
+    );
+    let streamed =
+        http::Request::post(server.url("/echo")).body(http_body_util::StreamBody::new(chunks)).unwrap();
+    let stream_client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let response = stream_client.request(streamed).await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_generated_and_returned() {
+    let (server, _dir) = TestServer::start(&app("", "")).await;
+    let client = http1_client();
+    let generated = get(&client, &server.url("/hello")).await;
+    let id = generated.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 32);
+    let request = http::Request::get(server.url("/nope"))
+        .header("x-request-id", "abc-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let kept = send(&client, request).await;
+    assert_eq!((kept.status, kept.headers["x-request-id"].to_str().unwrap()), (404, "abc-123"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics_reflect_exactly_what_happened() {
+    let (server, _dir) = TestServer::start(&app("", "")).await;
+    let client = http1_client();
+    for _ in 0..3 {
+        assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
+    }
+    assert_eq!(get(&client, &server.url("/missing")).await.status, 404);
+    let post =
+        http::Request::post(server.url("/echo")).body(Full::new(Bytes::from(vec![0u8; 2000]))).unwrap();
+    assert_eq!(send(&client, post).await.status, 413);
+
+    let health = get(&client, &server.admin_url("/healthz")).await;
+    assert_eq!(health.status, 200);
+    let health = health.json();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["in_flight"], 0);
+    assert_eq!(health["live_instances"], 0);
+    assert_eq!(health["requests"], 5);
+    let components = health["components"].as_array().unwrap();
+    let hello = components.iter().find(|c| c["name"] == "hello").unwrap();
+    assert_eq!(hello["digest"].as_str().unwrap().len(), 64);
+
+    let metrics = get(&client, &server.admin_url("/metrics")).await.body;
+    for line in [
+        r#"wharf_requests_total{route="/hello",status="200"} 3"#,
+        r#"wharf_requests_total{route="",status="404"} 1"#,
+        r#"wharf_requests_total{route="/echo",status="413"} 1"#,
+        r#"wharf_rejections_total{reason="body_too_large"} 1"#,
+        r#"wharf_request_duration_seconds_count{route="/hello"} 3"#,
+        r#"wharf_instantiation_seconds_count 3"#,
+        "wharf_live_instances 0",
+        "wharf_requests_in_flight 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(metrics.contains(&format!(
+        r#"wharf_component_info{{component="hello",digest="{}"}} 1"#,
+        hello["digest"].as_str().unwrap()
+    )));
+    server.stop().await;
+}
