@@ -1,7 +1,9 @@
 //! The admin listener, on its own address (loopback by default): `GET
 //! /healthz` (JSON: status, uptime, in-flight requests, live instances, each
 //! route's queue depth, loaded components with digests) and `GET /metrics`
-//! (Prometheus text format).
+//! (Prometheus text format), and `POST /admin/reload` (the whole manifest,
+//! or `?component=NAME` for one component; answers what was swapped, or the
+//! error while the old version keeps serving).
 
 use crate::App;
 use crate::response::{self, ResponseBody};
@@ -57,6 +59,31 @@ async fn route(
             );
             response
         }
+        (&Method::POST, "/admin/reload") => {
+            let component = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("component=")))
+                .map(str::to_string);
+            let app = app.clone();
+            let outcome = tokio::task::spawn_blocking(move || match component {
+                Some(name) => app.reload_component(&name),
+                None => app.reload_manifest(),
+            })
+            .await;
+            match outcome {
+                Ok(Ok(report)) => json(
+                    serde_json::json!({ "status": "ok", "swapped": report.swapped, "unchanged": report.unchanged }),
+                ),
+                Ok(Err(error)) => {
+                    let mut response =
+                        json(serde_json::json!({ "status": "rejected", "error": format!("{error:#}") }));
+                    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                    response
+                }
+                Err(_) => response::plain(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
+            }
+        }
         _ => response::plain(StatusCode::NOT_FOUND, "Not Found"),
     }
 }
@@ -88,6 +115,7 @@ pub fn health(app: &App) -> serde_json::Value {
                 "digest": c.digest,
                 "source": c.source.display().to_string(),
                 "loaded_at_unix": c.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "from_cache": c.cache == crate::cache::CacheOutcome::Hit,
             })
         })
         .collect();

@@ -7,7 +7,15 @@
 //! - [`engine`]: the wasmtime engine (pooling allocator, epoch ticker) and
 //!   the linker with every import Wharf provides.
 //! - [`registry`]: loading and checking components; the route table behind
-//!   `ArcSwap` (the hook for hot-swap).
+//!   `ArcSwap`.
+//! - [`reload`]: hot-swap: file watching, reloading a component or the whole
+//!   manifest off the request path.
+//! - [`cache`]: compiled components on disk, checksummed, for fast restarts.
+//! - [`admission`]: rate limits, auth, worker pools, rejections and their
+//!   status codes.
+//! - [`admin`], [`metrics`]: `/healthz` and Prometheus `/metrics`.
+//! - [`tls`]: inbound HTTPS with ALPN.
+//! - [`signals`]: SIGINT/SIGTERM drain (a second one cancels), SIGHUP reload.
 //! - [`service`]: the path around a component: route, admit, invoke, record.
 //! - [`invoke`]: one request through one fresh instance: store, limits,
 //!   deadlines, streaming, cancellation.
@@ -24,6 +32,7 @@
 pub mod admin;
 pub mod admission;
 pub mod build;
+pub mod cache;
 pub mod engine;
 pub mod host;
 pub mod invoke;
@@ -32,9 +41,11 @@ pub mod manifest;
 pub mod metrics;
 pub mod observe;
 pub mod registry;
+pub mod reload;
 pub mod response;
 pub mod server;
 pub mod service;
+pub mod signals;
 pub mod tls;
 
 pub use observe::Stats;
@@ -69,6 +80,15 @@ pub struct App {
     pub(crate) client_limit: Option<Arc<admission::ClientLimiter>>,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) linker: wasmtime::component::Linker<host::Host>,
+    pub(crate) compile_cache: Option<cache::CompileCache>,
+    /// The manifest the current routes came from (replaced on reload).
+    pub(crate) manifest: std::sync::Mutex<Manifest>,
+    /// Serialises reloads; the route table itself is swapped lock-free.
+    pub(crate) reloading: std::sync::Mutex<()>,
+    pub(crate) watcher: std::sync::Mutex<Option<reload::ComponentWatcher>>,
+    /// Set on a second shutdown signal: cancel what is still in flight.
+    pub(crate) force_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Options that do not come from the manifest.
@@ -76,11 +96,15 @@ pub struct App {
 pub struct LoadOptions {
     /// Try the pooling allocator (default true).
     pub pooling: bool,
+    /// Cache compiled components in `data_dir/cache` (default true).
+    pub compile_cache: bool,
+    /// Hot-swap components when their files change (default true).
+    pub watch: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { pooling: true }
+        Self { pooling: true, compile_cache: true, watch: true }
     }
 }
 
@@ -99,10 +123,13 @@ impl App {
         tracing::info!(?allocator, max_instances = settings.max_concurrent_requests, "engine ready");
         engine::start_epoch_ticker(&engine);
         let linker = engine::build_linker(&engine)?;
-        let table = registry::load_routes(&engine, &linker, manifest)
+        let compile_cache =
+            options.compile_cache.then(|| cache::CompileCache::new(settings.data_dir.join("cache"), &engine));
+        let table = registry::load_routes(&engine, &linker, manifest, compile_cache.as_ref())
             .with_context(|| format!("cannot load the app in {}", manifest.path.display()))?;
         for route in table.routes() {
-            tracing::info!(route = %route.spec.path, component = %route.component.name, digest = %&route.component.digest[..12], "route ready");
+            let component = &route.component;
+            tracing::info!(route = %route.spec.path, component = %component.name, digest = %&component.digest[..12], cache = ?component.cache, "route ready");
         }
         let key_value = keyvalue::open_backend(settings.key_value, &settings.data_dir)?;
         let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
@@ -126,7 +153,24 @@ impl App {
             registry: Registry::new(table),
             stats: Arc::default(),
             key_value,
+            linker,
+            compile_cache,
+            manifest: std::sync::Mutex::new(manifest.clone()),
+            reloading: std::sync::Mutex::new(()),
+            watcher: std::sync::Mutex::new(None),
+            force_stop: tokio::sync::watch::Sender::new(false),
         }))
+        .inspect(|app| {
+            if options.watch {
+                reload::watch(app);
+            }
+        })
+    }
+
+    /// Cancels every request still in flight during a graceful shutdown
+    /// (the second ctrl-c).
+    pub fn cancel_in_flight(&self) {
+        self.force_stop.send_replace(true);
     }
 
     /// The key-value backend components share (for operators and tests).

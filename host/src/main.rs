@@ -108,7 +108,10 @@ fn main() -> Result<()> {
             let app = wharf::App::load(&manifest, &wharf::LoadOptions::default())?;
             let listeners = wharf::Listeners::bind_for(&manifest.server)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(wharf::run(listeners, app, shutdown_signal()))
+            runtime.block_on(async move {
+                let shutdown = wharf::signals::shutdown_signal(app.clone());
+                wharf::run(listeners, app, shutdown).await
+            })
         }
     }
 }
@@ -119,16 +122,6 @@ fn load_manifest(args: &AppArgs) -> Result<Manifest> {
         wharf::build::build_components(&manifest).context("build failed")?;
     }
     Manifest::load(&args.manifest, true)
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }
 
 fn init_logging(format: LogFormat) {

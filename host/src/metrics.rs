@@ -46,6 +46,12 @@ pub struct Metrics {
     live_instances: Gauge,
     queue_depth: Family<RouteLabel, Gauge>,
     components: Family<ComponentInfo, Gauge>,
+    reloads: Family<ReloadResult, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,7 +98,14 @@ impl Default for Metrics {
         );
         let components = Family::<ComponentInfo, Gauge>::default();
         registry.register("component_info", "Loaded components and their digests", components.clone());
+        let reloads = Family::<ReloadResult, Counter>::default();
+        registry.register(
+            "reloads",
+            "Component and manifest reloads, by result (ok or rejected)",
+            reloads.clone(),
+        );
         Self {
+            reloads,
             registry,
             requests,
             duration,
@@ -129,6 +142,16 @@ impl Metrics {
     /// Counts a request ended by a deadline.
     pub fn timed_out(&self) {
         self.timed_out.inc();
+    }
+
+    /// Counts a reload, swapped in (`ok`) or rejected.
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ReloadResult { result: if ok { "ok" } else { "rejected" } }).inc();
+    }
+
+    /// Reloads counted so far with this result.
+    pub fn reloads(&self, ok: bool) -> u64 {
+        self.reloads.get_or_create(&ReloadResult { result: if ok { "ok" } else { "rejected" } }).get()
     }
 
     /// Records one instantiation's duration.

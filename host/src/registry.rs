@@ -7,6 +7,7 @@
 //! `wasi:http/incoming-handler`, and every import must be one Wharf provides.
 
 use crate::admission::RoutePolicy;
+use crate::cache::{CacheOutcome, CompileCache};
 use crate::host::Host;
 use crate::manifest::{ComponentSpec, Manifest, RouteSpec};
 use anyhow::{Context, Result, anyhow, bail};
@@ -39,6 +40,8 @@ pub struct LoadedComponent {
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) key_value_stores: Arc<[String]>,
     pub(crate) limits: crate::manifest::InstanceLimits,
+    /// Whether its compiled code came from the on-disk cache.
+    pub cache: CacheOutcome,
 }
 
 /// The pre-instantiated handler, by WASI version. WASI 0.3 handlers will sit
@@ -54,8 +57,9 @@ pub struct Route {
     pub spec: RouteSpec,
     /// The component serving it.
     pub component: Arc<LoadedComponent>,
-    /// Its own rate limit, worker pool and auth.
-    pub policy: RoutePolicy,
+    /// Its own rate limit, worker pool and auth (shared across component
+    /// swaps, so a swap does not reset a queue).
+    pub policy: Arc<RoutePolicy>,
 }
 
 /// Routes ordered most specific first.
@@ -73,6 +77,29 @@ impl RouteTable {
     /// Every route, most specific first.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The component named `name`, if a route uses it.
+    pub fn component(&self, name: &str) -> Option<&Arc<LoadedComponent>> {
+        self.routes.iter().map(|r| &r.component).find(|c| c.name == name)
+    }
+
+    /// This table with `component` serving every route that names it.
+    pub fn with_component(&self, component: &Arc<LoadedComponent>) -> RouteTable {
+        let routes = self
+            .routes
+            .iter()
+            .map(|route| Route {
+                spec: route.spec.clone(),
+                component: if route.component.name == component.name {
+                    component.clone()
+                } else {
+                    route.component.clone()
+                },
+                policy: route.policy.clone(),
+            })
+            .collect();
+        RouteTable { routes }
     }
 }
 
@@ -98,43 +125,55 @@ impl Registry {
     }
 }
 
-/// Compiles and checks every component of `manifest`, then binds routes.
-pub fn load_routes(engine: &Engine, linker: &Linker<Host>, manifest: &Manifest) -> Result<RouteTable> {
+/// Compiles (or loads from `cache`) and checks every component of
+/// `manifest`, then binds routes.
+pub fn load_routes(
+    engine: &Engine,
+    linker: &Linker<Host>,
+    manifest: &Manifest,
+    cache: Option<&CompileCache>,
+) -> Result<RouteTable> {
     let mut loaded: BTreeMap<&str, Arc<LoadedComponent>> = BTreeMap::new();
     for route in &manifest.routes {
         if loaded.contains_key(route.component.as_str()) {
             continue;
         }
         let spec = &manifest.components[&route.component];
-        let component = load_component(engine, linker, spec)
+        let component = load_component(engine, linker, spec, cache)
             .with_context(|| format!("component {:?} ({})", spec.name, spec.source.display()))?;
         loaded.insert(&spec.name, Arc::new(component));
     }
     let mut routes = Vec::with_capacity(manifest.routes.len());
     for spec in &manifest.routes {
         let policy = RoutePolicy::from_spec(spec).with_context(|| format!("route {:?}", spec.path))?;
-        routes.push(Route { spec: spec.clone(), component: loaded[spec.component.as_str()].clone(), policy });
+        let component = loaded[spec.component.as_str()].clone();
+        routes.push(Route { spec: spec.clone(), component, policy: Arc::new(policy) });
     }
     routes.sort_by_key(|route| std::cmp::Reverse(route.spec.matcher.specificity()));
     Ok(RouteTable { routes })
 }
 
-/// Compiles one component and checks its exports and imports.
+/// Compiles (or loads from `cache`) one component and checks its exports
+/// and imports.
 pub fn load_component(
     engine: &Engine,
     linker: &Linker<Host>,
     spec: &ComponentSpec,
+    cache: Option<&CompileCache>,
 ) -> Result<LoadedComponent> {
     let bytes = std::fs::read(&spec.source).context("cannot read the component file")?;
     check_is_component(&bytes)?;
-    let component = Component::new(engine, &bytes)
-        .map_err(anyhow::Error::from)
-        .context("not a valid WebAssembly component")?;
+    let digest = hex(&Sha256::digest(&bytes));
+    let (component, cache) = match cache {
+        Some(cache) => cache.load_or_compile(engine, &bytes, &digest)?,
+        None => (crate::cache::compile(engine, &bytes)?, CacheOutcome::Disabled),
+    };
     let handler = pre_instantiate(engine, linker, &component)?;
     Ok(LoadedComponent {
         name: spec.name.clone(),
         source: spec.source.clone(),
-        digest: hex(&Sha256::digest(&bytes)),
+        digest,
+        cache,
         loaded_at: SystemTime::now(),
         handler,
         config: Arc::new(spec.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),

@@ -17,6 +17,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -110,12 +111,21 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     }
 
     shutdown.await;
-    tracing::info!("shutting down: no new connections, draining requests in flight");
+    let draining = app.in_flight();
+    let cancelled_before = app.stats.cancelled.load(Ordering::Relaxed);
+    tracing::info!(
+        draining,
+        timeout = ?app.settings.shutdown_timeout,
+        "shutting down: no new connections; draining requests in flight"
+    );
     let _ = stop_tx.send(true);
     for worker in workers {
         worker.await.context("a worker thread died")??;
     }
-    tracing::info!("shutdown complete");
+    // Requests still running when the drain gave up were dropped with their
+    // runtime, and their records counted them as cancelled.
+    let cancelled = app.stats.cancelled.load(Ordering::Relaxed) - cancelled_before;
+    tracing::info!(drained = draining.saturating_sub(cancelled as usize), cancelled, "shutdown complete");
     Ok(())
 }
 
@@ -190,11 +200,13 @@ async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Re
     }
     drop(listener);
     let timeout = app.settings.shutdown_timeout;
+    let mut force = app.force_stop.subscribe();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(timeout) => {
             tracing::warn!(?timeout, "shutdown timeout passed; cancelling requests still in flight");
         }
+        _ = force.wait_for(|cancel| *cancel) => {}
     }
     Ok(())
 }

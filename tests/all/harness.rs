@@ -76,7 +76,19 @@ impl TestServer {
 
     /// Triggers a graceful shutdown and waits for the server to return.
     pub async fn stop(mut self) {
-        self.shutdown.take().unwrap().send(()).unwrap();
+        self.begin_shutdown();
+        self.wait_stopped().await;
+    }
+
+    /// Triggers a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).unwrap();
+        }
+    }
+
+    /// Waits until the server has returned (after a shutdown began).
+    pub async fn wait_stopped(&mut self) {
         self.task.take().unwrap().await.unwrap().expect("server stops cleanly");
     }
 }
@@ -224,4 +236,16 @@ pub fn queue_depth(server: &TestServer, route: &str) -> usize {
     let table = server.app.registry.current();
     let route = table.routes().iter().find(|r| r.spec.path == route).expect("route exists");
     route.policy.workers.as_ref().map_or(0, |pool| pool.queue_depth())
+}
+
+/// The `wharf` binary `cargo test` built beside this test binary.
+pub fn wharf_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join("wharf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test` from the workspace root, which builds it",
+        path.display()
+    );
+    path
 }
