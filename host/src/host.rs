@@ -6,6 +6,7 @@
 //! was cancelled.
 
 use crate::keyvalue::{KeyValueCtx, KeyValueView};
+use crate::outbound::OutboundHooks;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::StoreLimits;
@@ -22,6 +23,7 @@ pub struct Host {
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) key_value: KeyValueCtx,
     pub(crate) limits: StoreLimits,
+    pub(crate) outbound: OutboundHooks,
     _live: LiveInstance,
 }
 
@@ -30,6 +32,7 @@ impl Host {
         config: Arc<WasiConfigVariables>,
         key_value: KeyValueCtx,
         limits: StoreLimits,
+        outbound: OutboundHooks,
         live: LiveInstance,
     ) -> Self {
         Self {
@@ -39,6 +42,7 @@ impl Host {
             config,
             key_value,
             limits,
+            outbound,
             _live: live,
         }
     }
@@ -56,7 +60,7 @@ impl WasiView for Host {
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
     }
 }
 

@@ -11,6 +11,7 @@
 use crate::App;
 use crate::host::{Host, LiveInstance};
 use crate::keyvalue::KeyValueCtx;
+use crate::outbound::OutboundHooks;
 use crate::registry::{HandlerPre, LoadedComponent, Route};
 use crate::response::{self, ResponseBody};
 use bytes::Bytes;
@@ -165,8 +166,13 @@ fn new_store(app: &Arc<App>, component: &LoadedComponent) -> Store<Host> {
         .memory_size(component.limits.max_memory as usize)
         .table_elements(component.limits.max_table_elements)
         .build();
-    let host =
-        Host::new(component.config.clone(), key_value, limits, LiveInstance::new(&app.stats.live_instances));
+    let outbound = OutboundHooks {
+        client: app.outbound.clone(),
+        allowed: component.allowed_outbound_hosts.clone(),
+        component: component.name_for_logs.clone(),
+    };
+    let live = LiveInstance::new(&app.stats.live_instances);
+    let host = Host::new(component.config.clone(), key_value, limits, outbound, live);
     let mut store = Store::new(&app.engine, host);
     store.limiter(|host| &mut host.limits);
     if app.fuel_metering {

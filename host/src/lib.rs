@@ -15,6 +15,8 @@
 //!   status codes.
 //! - [`admin`], [`metrics`]: `/healthz` and Prometheus `/metrics`.
 //! - [`tls`]: inbound HTTPS with ALPN.
+//! - [`outbound`]: the pooled, bounded, allow-listed client behind
+//!   `wasi:http/outgoing-handler`.
 //! - [`signals`]: SIGINT/SIGTERM drain (a second one cancels), SIGHUP reload.
 //! - [`service`]: the path around a component: route, admit, invoke, record.
 //! - [`invoke`]: one request through one fresh instance: store, limits,
@@ -40,6 +42,7 @@ pub mod keyvalue;
 pub mod manifest;
 pub mod metrics;
 pub mod observe;
+pub mod outbound;
 pub mod registry;
 pub mod reload;
 pub mod response;
@@ -87,6 +90,8 @@ pub struct App {
     /// Serialises reloads; the route table itself is swapped lock-free.
     pub(crate) reloading: std::sync::Mutex<()>,
     pub(crate) watcher: std::sync::Mutex<Option<reload::ComponentWatcher>>,
+    /// The shared outbound HTTP client.
+    pub outbound: Arc<outbound::OutboundClient>,
     /// Set on a second shutdown signal: cancel what is still in flight.
     pub(crate) force_stop: tokio::sync::watch::Sender<bool>,
 }
@@ -138,8 +143,11 @@ impl App {
             start_client_limiter_eviction(&limiter, spec.window);
             limiter
         });
+        let metrics = metrics::Metrics::default();
+        let outbound = Arc::new(outbound::OutboundClient::new(&settings.outbound, metrics.outbound.clone())?);
         Ok(Arc::new(Self {
-            metrics: metrics::Metrics::default(),
+            outbound,
+            metrics,
             started_at: std::time::Instant::now(),
             global_limit: settings.rate_limit.as_ref().map(|spec| admission::Limiter::new(spec, "global")),
             client_limit,

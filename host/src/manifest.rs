@@ -70,9 +70,35 @@ pub struct ServerSettings {
     pub rate_limit: Option<RateLimitSpec>,
     /// The per-client-address limiter, if any.
     pub client_rate_limit: Option<RateLimitSpec>,
+    /// The outbound HTTP client's settings (`[outbound]`).
+    pub outbound: OutboundSettings,
     /// Take the client address from this header (the right-most address in
     /// it), for a server behind a trusted proxy. Default: the socket's peer.
     pub trusted_proxy_header: Option<http::HeaderName>,
+}
+
+/// The `[outbound]` table: the shared client behind
+/// `wasi:http/outgoing-handler`.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    /// Pool connections (default true). `false` sends each request on a new
+    /// connection with wasmtime-wasi-http's default sender (for comparison).
+    pub pool: bool,
+    /// Idle connections kept per host. Default 10.
+    pub max_idle_per_host: usize,
+    /// An idle connection is closed after this. Default 90 s.
+    pub idle_timeout: Duration,
+    /// Requests in flight per host at most; more wait, for at most the
+    /// connect timeout. Default 100.
+    pub max_connections_per_host: usize,
+    /// TCP connect timeout. Default 5 s.
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout. Default 5 s.
+    pub tls_handshake_timeout: Duration,
+    /// Whole exchange, response body included. Default 10 s.
+    pub total_timeout: Duration,
+    /// PEM file of extra CA certificates to trust beside the system roots.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 /// Certificate chain and private key, PEM files.
@@ -217,6 +243,8 @@ pub struct ComponentSpec {
     pub key_value_stores: Vec<String>,
     /// What one instance may use.
     pub limits: InstanceLimits,
+    /// Hosts its outgoing HTTP requests may reach (default: none).
+    pub allowed_outbound_hosts: crate::outbound::AllowList,
 }
 
 /// Per-instance limits; exceeding one traps the instance (500), never the host.
@@ -248,6 +276,8 @@ struct RawManifest {
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
+    outbound: RawOutbound,
+    #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
     component: BTreeMap<String, RawComponent>,
@@ -272,6 +302,19 @@ struct RawServer {
     rate_limit: Option<RawRateLimit>,
     client_rate_limit: Option<RawRateLimit>,
     trusted_proxy_header: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    pool: Option<bool>,
+    max_idle_per_host: Option<usize>,
+    idle_timeout_secs: Option<f64>,
+    max_connections_per_host: Option<usize>,
+    connect_timeout_secs: Option<f64>,
+    tls_handshake_timeout_secs: Option<f64>,
+    total_timeout_secs: Option<f64>,
+    extra_ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +366,8 @@ struct RawComponent {
     max_memory_mb: Option<u64>,
     max_table_elements: Option<usize>,
     fuel: Option<u64>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -359,7 +404,8 @@ impl Manifest {
         let raw: RawManifest =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let server = ServerSettings::from_raw(raw.server, dir)?;
+        let mut server = ServerSettings::from_raw(raw.server, dir)?;
+        server.outbound = OutboundSettings::from_raw(raw.outbound, dir)?;
 
         let mut components = BTreeMap::new();
         for (name, raw) in raw.component {
@@ -483,6 +529,7 @@ impl ServerSettings {
                 .map(|r| r.validate("server.client_rate_limit"))
                 .transpose()?,
             trusted_proxy_header,
+            outbound: OutboundSettings::from_raw(RawOutbound::default(), dir)?,
             listen,
             data_dir: dir.join(raw.data_dir.unwrap_or_else(|| ".wharf".into())),
             key_value: raw.key_value.unwrap_or(KeyValueBackendKind::Redb),
@@ -535,8 +582,10 @@ impl ComponentSpec {
             max_table_elements: raw.max_table_elements.unwrap_or(DEFAULT_TABLE_ELEMENTS),
             fuel: raw.fuel,
         };
+        let allowed_outbound_hosts = crate::outbound::AllowList::parse(&raw.allowed_outbound_hosts)?;
         Ok(Self {
             limits,
+            allowed_outbound_hosts,
             name: name.to_string(),
             source,
             build: raw
@@ -544,6 +593,28 @@ impl ComponentSpec {
                 .map(|b| BuildSpec { command: b.command, workdir: dir.join(b.workdir.unwrap_or_default()) }),
             config: raw.config,
             key_value_stores: raw.key_value_stores,
+        })
+    }
+}
+
+impl OutboundSettings {
+    fn from_raw(raw: RawOutbound, dir: &Path) -> Result<Self> {
+        let secs = |value, default, field: &str| {
+            parse_secs(value, Duration::from_secs(default), &format!("outbound.{field}"))
+        };
+        let max_connections_per_host = raw.max_connections_per_host.unwrap_or(100);
+        if max_connections_per_host == 0 {
+            bail!("outbound.max_connections_per_host must be at least 1");
+        }
+        Ok(Self {
+            pool: raw.pool.unwrap_or(true),
+            max_idle_per_host: raw.max_idle_per_host.unwrap_or(10),
+            idle_timeout: secs(raw.idle_timeout_secs, 90, "idle_timeout_secs")?,
+            max_connections_per_host,
+            connect_timeout: secs(raw.connect_timeout_secs, 5, "connect_timeout_secs")?,
+            tls_handshake_timeout: secs(raw.tls_handshake_timeout_secs, 5, "tls_handshake_timeout_secs")?,
+            total_timeout: secs(raw.total_timeout_secs, 10, "total_timeout_secs")?,
+            extra_ca_file: raw.extra_ca_file.map(|f| dir.join(f)),
         })
     }
 }

@@ -33,6 +33,80 @@ struct ComponentInfo {
     digest: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostStatus {
+    host: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabel {
+    host: String,
+}
+
+/// Outbound HTTP metrics; the client holds them, `/metrics` shows them.
+pub struct OutboundMetrics {
+    requests: Family<HostStatus, Counter>,
+    connections_opened: Family<HostLabel, Counter>,
+    denied: Family<HostLabel, Counter>,
+    wait: Histogram,
+}
+
+impl OutboundMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let requests = Family::<HostStatus, Counter>::default();
+        registry.register(
+            "outbound_requests",
+            "Outgoing requests by host and status (0: no response); reused connections = requests - connections opened",
+            requests.clone(),
+        );
+        let connections_opened = Family::<HostLabel, Counter>::default();
+        registry.register(
+            "outbound_connections_opened",
+            "Outgoing connections opened, by host",
+            connections_opened.clone(),
+        );
+        let denied = Family::<HostLabel, Counter>::default();
+        registry.register(
+            "outbound_denied",
+            "Outgoing requests denied by allowed_outbound_hosts",
+            denied.clone(),
+        );
+        let wait = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
+        registry.register(
+            "outbound_pool_wait_seconds",
+            "Time waiting for a per-host connection slot",
+            wait.clone(),
+        );
+        Self { requests, connections_opened, denied, wait }
+    }
+
+    /// Counts a request to `host` that ended with `status` (0: none).
+    pub fn request(&self, host: &str, status: u16) {
+        self.requests.get_or_create(&HostStatus { host: host.to_string(), status }).inc();
+    }
+
+    /// Counts a new connection to `host`.
+    pub fn connection_opened(&self, host: &str) {
+        self.connections_opened.get_or_create(&HostLabel { host: host.to_string() }).inc();
+    }
+
+    /// Connections opened to `host` so far.
+    pub fn connections_opened_to(&self, host: &str) -> u64 {
+        self.connections_opened.get_or_create(&HostLabel { host: host.to_string() }).get()
+    }
+
+    /// Counts a denied request.
+    pub fn denied(&self, host: &str) {
+        self.denied.get_or_create(&HostLabel { host: host.to_string() }).inc();
+    }
+
+    /// Records time spent waiting for a host slot.
+    pub fn waited(&self, wait: std::time::Duration) {
+        self.wait.observe(wait.as_secs_f64());
+    }
+}
+
 /// Every metric Wharf exports.
 pub struct Metrics {
     registry: Registry,
@@ -47,6 +121,8 @@ pub struct Metrics {
     queue_depth: Family<RouteLabel, Gauge>,
     components: Family<ComponentInfo, Gauge>,
     reloads: Family<ReloadResult, Counter>,
+    /// Outbound HTTP metrics.
+    pub outbound: std::sync::Arc<OutboundMetrics>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,7 +180,9 @@ impl Default for Metrics {
             "Component and manifest reloads, by result (ok or rejected)",
             reloads.clone(),
         );
+        let outbound = std::sync::Arc::new(OutboundMetrics::register(&mut registry));
         Self {
+            outbound,
             reloads,
             registry,
             requests,

@@ -40,6 +40,8 @@ pub struct LoadedComponent {
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) key_value_stores: Arc<[String]>,
     pub(crate) limits: crate::manifest::InstanceLimits,
+    pub(crate) allowed_outbound_hosts: Arc<crate::outbound::AllowList>,
+    pub(crate) name_for_logs: Arc<str>,
     /// Whether its compiled code came from the on-disk cache.
     pub cache: CacheOutcome,
 }
@@ -179,6 +181,8 @@ pub fn load_component(
         config: Arc::new(spec.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
         key_value_stores: spec.key_value_stores.clone().into(),
         limits: spec.limits.clone(),
+        allowed_outbound_hosts: Arc::new(spec.allowed_outbound_hosts.clone()),
+        name_for_logs: spec.name.as_str().into(),
     })
 }
 

@@ -84,6 +84,17 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 /// timeout) and returns.
 pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // `self` outbound requests go to our own listener.
+    let own = listeners.local_addr;
+    let loopback = if own.ip().is_unspecified() {
+        SocketAddr::new(
+            if own.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
+            own.port(),
+        )
+    } else {
+        own
+    };
+    let _ = app.outbound.self_addr.set(loopback);
     let mut workers = Vec::new();
     for (index, socket) in listeners.sockets.into_iter().enumerate() {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();

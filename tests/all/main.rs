@@ -6,5 +6,7 @@ mod foundation;
 mod harness;
 mod lifecycle;
 mod manifest_ui;
+mod outbound;
 mod streaming;
 mod tls;
+mod upstream;

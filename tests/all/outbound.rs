@@ -1,0 +1,211 @@
+//! Outbound HTTP through the pooled, allow-listed client, driven by the
+//! `aggregate` component against in-process upstreams.
+
+use crate::harness::*;
+use crate::upstream::Upstream;
+use std::time::{Duration, Instant};
+
+fn app(outbound: &str) -> String {
+    format!(
+        r#"
+[server]
+key_value = "memory"
+
+[outbound]
+{outbound}
+
+[[route]]
+path = "/aggregate"
+component = "aggregate"
+
+[[route]]
+path = "/hello"
+component = "hello"
+
+[component.hello]
+source = "{{components}}/hello.wasm"
+
+[component.aggregate]
+source = "{{components}}/aggregate.wasm"
+config = {{ allow_query_urls = "true" }}
+allowed_outbound_hosts = ["http://127.0.0.1:*", "https://localhost:*", "http://self"]
+"#
+    )
+}
+
+fn encode(url: &str) -> String {
+    url.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn aggregate_path(urls: &[String], extra: &str) -> String {
+    let query: Vec<String> = urls.iter().map(|u| format!("url={}", encode(u))).collect();
+    format!("/aggregate?{}{extra}", query.join("&"))
+}
+
+#[tokio::test]
+async fn five_slow_upstreams_are_called_concurrently() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let upstreams = futures::future::join_all((0..5).map(|_| Upstream::start())).await;
+    let urls: Vec<String> = upstreams.iter().map(|u| u.url("/delay?ms=300")).collect();
+    let started = Instant::now();
+    let reply = get(&http1_client(), &server.url(&aggregate_path(&urls, ""))).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let results = reply.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 5);
+    assert!(results.iter().all(|r| r["status"] == 200 && r["size"] == 7), "{results:?}");
+    // Five 300 ms calls one after another would take 1.5 s.
+    assert!(elapsed < Duration::from_millis(1000), "calls did not overlap: {elapsed:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_meets_the_two_second_deadline() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let fast = Upstream::start().await;
+    let hanging = Upstream::start().await;
+    let urls = vec![fast.url("/ok"), hanging.url("/hang")];
+    let client = http1_client();
+
+    let started = Instant::now();
+    let fail_fast = get(&client, &server.url(&aggregate_path(&urls, ""))).await;
+    assert_eq!(fail_fast.status, 504, "{}", fail_fast.body);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(4), "{elapsed:?}");
+
+    let partial = get(&client, &server.url(&aggregate_path(&urls, "&mode=partial"))).await;
+    assert_eq!(partial.status, 200);
+    let json = partial.json();
+    assert_eq!(json["timed_out"], serde_json::json!([urls[1]]));
+    assert_eq!(json["results"][0]["status"], 200);
+    assert_eq!(json["results"][1]["timed_out"], true);
+    assert_eq!(live(&server), 0, "the instances (and their outbound calls) are gone");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_upstream_fails_fast_or_is_reported() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let upstream = Upstream::start().await;
+    let urls = vec![upstream.url("/delay?ms=500"), upstream.url("/fail")];
+    let client = http1_client();
+    let started = Instant::now();
+    let fail_fast = get(&client, &server.url(&aggregate_path(&urls, ""))).await;
+    assert_eq!(fail_fast.status, 502);
+    assert_eq!(fail_fast.json()["url"], urls[1]);
+    assert!(started.elapsed() < Duration::from_millis(500), "did not fail fast");
+    let partial = get(&client, &server.url(&aggregate_path(&urls, "&mode=partial"))).await.json();
+    assert_eq!(partial["results"][0]["status"], 200);
+    assert_eq!(partial["results"][1]["error"], "status 500");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hosts_off_the_allow_list_are_denied() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let upstream = Upstream::start().await;
+    // Allowed as 127.0.0.1, not as localhost over plain HTTP.
+    let denied = format!("http://localhost:{}/ok", upstream.addr.port());
+    let reply =
+        get(&http1_client(), &server.url(&aggregate_path(std::slice::from_ref(&denied), "&mode=partial")))
+            .await;
+    assert_eq!(reply.json()["results"][0]["error"], "ErrorCode::HttpRequestDenied");
+    assert_eq!(upstream.accepted(), 0, "nothing reached the upstream");
+    let metrics = get(&http1_client(), &server.admin_url("/metrics")).await.body;
+    assert!(
+        metrics.contains(&format!(
+            "wharf_outbound_denied_total{{host=\"localhost:{}\"}} 1",
+            upstream.addr.port()
+        )),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_pooled_and_bounded_per_host() {
+    let (server, _dir) = TestServer::start(&app("max_connections_per_host = 10")).await;
+    let upstreams = futures::future::join_all((0..5).map(|_| Upstream::start())).await;
+    let urls: Vec<String> = upstreams.iter().map(|u| u.url("/delay?ms=20")).collect();
+    let client = http1_client();
+
+    // One after another: one connection per upstream, reused.
+    let path = aggregate_path(&urls, "");
+    for _ in 0..10 {
+        assert_eq!(get(&client, &server.url(&path)).await.status, 200);
+    }
+    for upstream in &upstreams {
+        assert_eq!(upstream.accepted(), 1, "sequential calls reuse one connection");
+    }
+
+    // 100 at once: 500 calls, at most 10 connections per upstream.
+    let url = server.url(&path);
+    let replies = futures::future::join_all((0..100).map(|_| get(&client, &url))).await;
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        replies.iter().find(|r| r.status != 200).map(|r| &r.body)
+    );
+    for upstream in &upstreams {
+        let accepted = upstream.accepted();
+        assert!(accepted <= 10, "upstream {} accepted {accepted} connections", upstream.addr);
+    }
+    let opened: u64 = upstreams
+        .iter()
+        .map(|u| server.app.metrics.outbound.connections_opened_to(&u.addr.to_string()))
+        .sum();
+    assert_eq!(opened as usize, upstreams.iter().map(Upstream::accepted).sum::<usize>());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn https_upstreams_signed_by_an_extra_ca_are_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let upstream = Upstream::start_with(Some(std::sync::Arc::new(tls))).await;
+
+    let server = TestServer::start_in(dir.path(), &app("extra_ca_file = \"ca.pem\"")).await;
+    let url = format!("https://localhost:{}/ok", upstream.addr.port());
+    let reply = get(&http1_client(), &server.url(&aggregate_path(&[url], "&mode=partial"))).await;
+    assert_eq!(reply.json()["results"][0]["status"], 200, "{}", reply.body);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn self_requests_reach_the_app_itself() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let reply = get(&http1_client(), &server.url(&aggregate_path(&["/hello".to_string()], ""))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["results"][0]["size"], 14);
+    server.stop().await;
+}
