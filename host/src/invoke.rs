@@ -180,8 +180,10 @@ fn new_store(app: &Arc<App>, component: &LoadedComponent) -> Store<Host> {
     }
     // Yield to the runtime at every epoch tick, so a spinning guest cannot
     // starve the other requests on its thread, and can be aborted.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    if app.epoch_interruption {
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    }
     store
 }
 

@@ -21,7 +21,8 @@
 //! - [`service`]: the path around a component: route, admit, invoke, record.
 //! - [`invoke`]: one request through one fresh instance: store, limits,
 //!   deadlines, streaming, cancellation.
-//! - [`observe`]: the per-request log line and the server's counters.
+//! - [`observe`]: the per-request record: log line and counters;
+//!   [`access_log`] writes the line fast.
 //! - [`host`]: the per-instance state (`Store<Host>`).
 //! - [`keyvalue`]: `wasi:keyvalue` and its backends (redb, memory).
 //! - [`server`]: listeners, a runtime per core, HTTP/1.1 + HTTP/2, drain.
@@ -31,6 +32,7 @@
 //! The binary (`main.rs`) only parses arguments and calls [`App::load`],
 //! [`server::Listeners::bind`] and [`run`]; tests call the same three.
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod build;
@@ -79,6 +81,8 @@ pub struct App {
     pub started_at: std::time::Instant,
     pub(crate) admission: Arc<Semaphore>,
     pub(crate) fuel_metering: bool,
+    pub(crate) epoch_interruption: bool,
+    pub(crate) access_log: Option<Arc<access_log::AccessLog>>,
     pub(crate) global_limit: Option<admission::Limiter>,
     pub(crate) client_limit: Option<Arc<admission::ClientLimiter>>,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
@@ -97,7 +101,7 @@ pub struct App {
 }
 
 /// Options that do not come from the manifest.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// Try the pooling allocator (default true).
     pub pooling: bool,
@@ -105,11 +109,16 @@ pub struct LoadOptions {
     pub compile_cache: bool,
     /// Hot-swap components when their files change (default true).
     pub watch: bool,
+    /// Epoch interruption (default true). Without it a CPU-bound guest
+    /// cannot be stopped or made to yield: only for measuring its cost.
+    pub epoch_interruption: bool,
+    /// Where request lines go; `None` (default) makes them `tracing` events.
+    pub access_log: Option<Arc<access_log::AccessLog>>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { pooling: true, compile_cache: true, watch: true }
+        Self { pooling: true, compile_cache: true, watch: true, epoch_interruption: true, access_log: None }
     }
 }
 
@@ -123,10 +132,15 @@ impl App {
             max_instance_memory: settings.max_instance_memory,
             pooling: options.pooling,
             fuel: manifest.uses_fuel(),
+            epoch_interruption: options.epoch_interruption,
         };
         let (engine, allocator) = engine::build_engine(&engine_settings)?;
         tracing::info!(?allocator, max_instances = settings.max_concurrent_requests, "engine ready");
-        engine::start_epoch_ticker(&engine);
+        if options.epoch_interruption {
+            engine::start_epoch_ticker(&engine);
+        } else {
+            tracing::warn!("epoch interruption is off: CPU-bound guests cannot be interrupted");
+        }
         let linker = engine::build_linker(&engine)?;
         let compile_cache =
             options.compile_cache.then(|| cache::CompileCache::new(settings.data_dir.join("cache"), &engine));
@@ -155,6 +169,8 @@ impl App {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             admission: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             fuel_metering: engine_settings.fuel,
+            epoch_interruption: engine_settings.epoch_interruption,
+            access_log: options.access_log.clone(),
             settings,
             engine,
             allocator,

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use wharf::manifest::{KeyValueBackendKind, Manifest};
 
 #[global_allocator]
@@ -40,6 +41,10 @@ enum Command {
         /// PEM private key for `--tls-cert`.
         #[arg(long, requires = "tls_cert", env = "WHARF_TLS_KEY")]
         tls_key: Option<PathBuf>,
+        /// Turn epoch interruption off, to measure what it costs. CPU-bound
+        /// guests then can neither be stopped nor made to yield.
+        #[arg(long, hide = true)]
+        no_epoch_interruption: bool,
     },
     /// Validate the manifest and its components without serving.
     Check {
@@ -72,15 +77,15 @@ enum KvArg {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let (_flush_logs_on_exit, access_log) = init_logging(cli.log_format);
     match cli.command {
         Command::Check { app } => {
             let manifest = load_manifest(&app)?;
-            wharf::App::load(&manifest, &wharf::LoadOptions::default())?;
+            wharf::App::load(&manifest, &wharf::LoadOptions { watch: false, ..Default::default() })?;
             println!("{}: ok ({} routes)", manifest.path.display(), manifest.routes.len());
             Ok(())
         }
-        Command::Up { app, listen, kv, admin_listen, tls_cert, tls_key } => {
+        Command::Up { app, listen, kv, admin_listen, tls_cert, tls_key, no_epoch_interruption } => {
             let mut manifest = load_manifest(&app)?;
             if let Some(listen) = listen {
                 manifest.server.listen = listen;
@@ -105,7 +110,12 @@ fn main() -> Result<()> {
             // Idle connections are cheap; let the connection cap, not the
             // default descriptor limit, decide how many we hold.
             let _ = rlimit::increase_nofile_limit(u64::MAX);
-            let app = wharf::App::load(&manifest, &wharf::LoadOptions::default())?;
+            let options = wharf::LoadOptions {
+                epoch_interruption: !no_epoch_interruption,
+                access_log: Some(access_log),
+                ..Default::default()
+            };
+            let app = wharf::App::load(&manifest, &options)?;
             let listeners = wharf::Listeners::bind_for(&manifest.server)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
@@ -124,12 +134,29 @@ fn load_manifest(args: &AppArgs) -> Result<Manifest> {
     Manifest::load(&args.manifest, true)
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a background writer that batches lines into
+/// few writes: a request line costs its formatting, not a syscall. Nothing
+/// is dropped (the queue blocks when full); the guard flushes on exit.
+fn init_logging(
+    format: LogFormat,
+) -> (tracing_appender::non_blocking::WorkerGuard, Arc<wharf::access_log::AccessLog>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("wharf-log")
+        .finish(std::io::BufWriter::with_capacity(64 << 10, std::io::stderr()));
+    let access_format = match format {
+        LogFormat::Pretty => wharf::access_log::AccessLogFormat::Pretty,
+        LogFormat::Json => wharf::access_log::AccessLogFormat::Json,
+    };
+    let access_writer = writer.clone();
+    let access_log =
+        Arc::new(wharf::access_log::AccessLog::new(move || access_writer.clone(), access_format));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
-        LogFormat::Pretty => builder.init(),
+        LogFormat::Pretty => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    (guard, access_log)
 }

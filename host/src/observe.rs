@@ -10,7 +10,6 @@
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,7 +49,6 @@ pub struct RequestRecord {
     app: Arc<crate::App>,
     method: http::Method,
     path: String,
-    peer: SocketAddr,
     /// The address limits and logs attribute the request to.
     pub client: std::net::IpAddr,
     /// The request's id (`x-request-id`).
@@ -69,7 +67,6 @@ impl RequestRecord {
     pub fn new(
         app: Arc<crate::App>,
         request: &http::Request<impl Sized>,
-        peer: SocketAddr,
         client: std::net::IpAddr,
         request_id: String,
     ) -> Self {
@@ -77,7 +74,6 @@ impl RequestRecord {
             app,
             method: request.method().clone(),
             path: request.uri().path().to_string(),
-            peer,
             client,
             request_id,
             start: Instant::now(),
@@ -148,17 +144,36 @@ impl Drop for RequestRecord {
         let elapsed = self.start.elapsed().as_secs_f64();
         metrics.request_ended(self.route.as_deref(), self.status, elapsed);
         let latency_ms = (elapsed * 1e6).round() / 1e3;
-        let (method, path, peer, client, request_id) =
-            (&self.method, &self.path, &self.peer, &self.client, &self.request_id);
-        let route = self.route.as_deref();
-        let status = self.status;
-        let bytes_out = self.bytes_out;
-        let reason = self.reason.as_deref();
-        let outcome = format!("{outcome:?}").to_lowercase();
-        if status.is_some_and(|s| s >= 500 && s != 503) || outcome == "failed" {
-            tracing::error!(%method, %path, route, status, latency_ms, bytes_out, %client, %peer, %request_id, outcome, reason, "request");
+        let error = self.status.is_some_and(|s| s >= 500 && s != 503) || outcome == Outcome::Failed;
+        let outcome = match outcome {
+            Outcome::Completed => "completed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Failed => "failed",
+        };
+        let (method, path, client, request_id) = (&self.method, &self.path, &self.client, &self.request_id);
+        let (route, status, bytes_out, reason) =
+            (self.route.as_deref(), self.status, self.bytes_out, self.reason.as_deref());
+        if let Some(access_log) = &self.app.access_log {
+            if crate::access_log::AccessLog::enabled() {
+                access_log.write(&crate::access_log::AccessLine {
+                    error,
+                    method: method.as_str(),
+                    path,
+                    route,
+                    status,
+                    latency_ms,
+                    bytes_out,
+                    client: *client,
+                    request_id,
+                    outcome,
+                    reason,
+                });
+            }
+        } else if error {
+            tracing::error!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, "request");
         } else {
-            tracing::info!(%method, %path, route, status, latency_ms, bytes_out, %client, %peer, %request_id, outcome, reason, "request");
+            tracing::info!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, "request");
         }
     }
 }

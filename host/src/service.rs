@@ -22,16 +22,20 @@ use std::task::{Context, Poll};
 /// Header carrying the request id, accepted from the client or generated.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Serves one request.
-pub async fn handle(
+/// Serves one request (from hyper, or any body, as benchmarks do).
+pub async fn handle<B>(
     app: Arc<App>,
-    mut request: http::Request<hyper::body::Incoming>,
+    mut request: http::Request<B>,
     peer: SocketAddr,
-) -> http::Response<ResponseBody> {
+) -> http::Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     let request_id = request_id(&mut request);
     let client =
         admission::client_addr(request.headers(), peer.ip(), app.settings.trusted_proxy_header.as_ref());
-    let mut record = RequestRecord::new(app.clone(), &request, peer, client, request_id.clone());
+    let mut record = RequestRecord::new(app.clone(), &request, client, request_id.clone());
     let mut response = match serve(&app, request, &mut record).await {
         Served::Response(response) => record.attach(response),
         Served::Rejected(rejection) => record.reject(&rejection),
@@ -54,11 +58,11 @@ impl From<http::Response<ResponseBody>> for Served {
     }
 }
 
-async fn serve(
-    app: &Arc<App>,
-    request: http::Request<hyper::body::Incoming>,
-    record: &mut RequestRecord,
-) -> Served {
+async fn serve<B>(app: &Arc<App>, request: http::Request<B>, record: &mut RequestRecord) -> Served
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     if let Some(limiter) = &app.global_limit
         && let Err(rejection) = limiter.check()
     {
@@ -128,7 +132,7 @@ async fn serve(
 
 /// Accepts a well-formed `x-request-id` from the client or makes one, and
 /// puts it on the request so the component sees it too.
-fn request_id(request: &mut http::Request<hyper::body::Incoming>) -> String {
+fn request_id<B>(request: &mut http::Request<B>) -> String {
     let given = request
         .headers()
         .get(REQUEST_ID)
@@ -147,14 +151,18 @@ fn request_id(request: &mut http::Request<hyper::body::Incoming>) -> String {
 /// The request body, cut off with an error once it passes the route's
 /// limit (counted as it streams in, never buffered); the flag tells the
 /// service to answer 413.
-pub struct SizeLimitedBody {
-    inner: hyper::body::Incoming,
+pub struct SizeLimitedBody<B> {
+    inner: B,
     remaining: u64,
     limit: u64,
     too_large: Arc<AtomicBool>,
 }
 
-impl Body for SizeLimitedBody {
+impl<B> Body for SizeLimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
 

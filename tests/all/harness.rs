@@ -156,16 +156,7 @@ pub async fn release(server: &TestServer, key: &str) {
 
 /// GETs `url` with `client` and reads the whole body.
 pub async fn get(client: &HttpClient, url: &str) -> Reply {
-    let request = http::Request::get(url).body(Full::new(Bytes::new())).unwrap();
-    let response = client.request(request).await.expect("request sent");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body read").to_bytes();
-    Reply {
-        status: parts.status.as_u16(),
-        version: parts.version,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    send(client, http::Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
 }
 
 /// Waits until `condition` holds, checking every 5 ms, for at most

@@ -36,8 +36,16 @@ fn invalid_manifests_fail_with_their_golden_errors() {
         let copy = dir.path().join(toml.file_name().unwrap());
         std::fs::copy(toml, &copy).unwrap();
         let error = match wharf::manifest::Manifest::load(&copy, true).and_then(|m| {
-            wharf::App::load(&m, &wharf::LoadOptions { pooling: false, compile_cache: false, watch: false })
-                .map(drop)
+            wharf::App::load(
+                &m,
+                &wharf::LoadOptions {
+                    pooling: false,
+                    compile_cache: false,
+                    watch: false,
+                    ..Default::default()
+                },
+            )
+            .map(drop)
         }) {
             Ok(()) => "<loaded without error>".to_string(),
             Err(error) => format!("{error:#}"),

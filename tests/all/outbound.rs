@@ -209,3 +209,38 @@ async fn self_requests_reach_the_app_itself() {
     assert_eq!(reply.json()["results"][0]["size"], 14);
     server.stop().await;
 }
+
+/// Not a test of speed: prints connections opened and the median latency
+/// of 1,000 aggregate calls (10 at a time, 5 upstreams each) through the
+/// pooled client and through wasmtime-wasi-http's default sender, in the
+/// same run. `cargo test --release --test all -- --ignored --nocapture measure_`.
+#[tokio::test]
+#[ignore]
+async fn measure_pooled_versus_default_sender() {
+    for pooled in [true, false] {
+        let (server, _dir) = TestServer::start(&app(if pooled { "" } else { "pool = false" })).await;
+        let upstreams = futures::future::join_all((0..5).map(|_| Upstream::start())).await;
+        let urls: Vec<String> = upstreams.iter().map(|u| u.url("/ok")).collect();
+        let url = server.url(&aggregate_path(&urls, ""));
+        let client = http1_client();
+        let mut latencies = Vec::new();
+        for _ in 0..100 {
+            let batch = futures::future::join_all((0..10).map(|_| async {
+                let started = Instant::now();
+                assert_eq!(get(&client, &url).await.status, 200);
+                started.elapsed()
+            }))
+            .await;
+            latencies.extend(batch);
+        }
+        latencies.sort();
+        let opened: usize = upstreams.iter().map(Upstream::accepted).sum();
+        println!(
+            "{}: 1000 aggregate calls (5000 upstream requests): {opened} connections opened, median {:?}, p99 {:?}",
+            if pooled { "pooled client" } else { "default sender" },
+            latencies[500],
+            latencies[990]
+        );
+        server.stop().await;
+    }
+}
