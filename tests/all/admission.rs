@@ -292,3 +292,87 @@ async fn health_and_metrics_reflect_exactly_what_happened() {
     )));
     server.stop().await;
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Not a test of speed: 1,000 concurrent clients for 5 s against a 100 ms
+/// route with `max_concurrent_requests = 100`; prints the statuses seen and
+/// the latency of 200s and 503s. `cargo test --release --test all --
+/// --ignored --nocapture measure_load_shedding`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_load_shedding() {
+    let manifest = r#"
+[server]
+key_value = "memory"
+max_concurrent_requests = 100
+
+[[route]]
+path = "/sleep"
+component = "long-running"
+
+[component.long-running]
+source = "{components}/long_running.wasm"
+config = { duration_ms = "100" }
+"#;
+    let (server, _dir) = TestServer::start(manifest).await;
+    let url = server.url("/sleep");
+    let deadline = tokio::time::Instant::now() + 5 * SECOND;
+    let clients: Vec<_> = (0..1000)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = http1_client();
+                let mut seen = Vec::new();
+                while tokio::time::Instant::now() < deadline {
+                    let started = std::time::Instant::now();
+                    let status = get(&client, &url).await.status;
+                    seen.push((status, started.elapsed()));
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut by_status: std::collections::BTreeMap<u16, Vec<Duration>> = Default::default();
+    for client in clients {
+        for (status, latency) in client.await.unwrap() {
+            by_status.entry(status).or_default().push(latency);
+        }
+    }
+    for (status, latencies) in &mut by_status {
+        latencies.sort();
+        let n = latencies.len();
+        println!(
+            "status {status}: {n} responses, median {:?}, p99 {:?}, max {:?}",
+            latencies[n / 2],
+            latencies[n * 99 / 100],
+            latencies[n - 1]
+        );
+    }
+    assert!(by_status.keys().all(|s| *s == 200 || *s == 503), "{:?}", by_status.keys());
+    server.stop().await;
+}
+
+/// Not a test of speed: prints the per-client limiter's memory with 100,000
+/// distinct client keys. Run alone: `cargo test --release --test all --
+/// --ignored --nocapture --test-threads=1 measure_client_limiter_memory`.
+#[test]
+#[ignore]
+fn measure_client_limiter_memory() {
+    let spec = wharf::manifest::RateLimitSpec { requests: 100, window: Duration::from_secs(60), burst: 100 };
+    let before = rss_kib();
+    let limiter = wharf::admission::ClientLimiter::new(&spec);
+    for i in 0..100_000u32 {
+        let _ = limiter.check(std::net::IpAddr::from(i.to_be_bytes()));
+    }
+    let after = rss_kib();
+    println!(
+        "per-client limiter: {} keys, RSS grew {} KiB ({} bytes a key)",
+        limiter.tracked(),
+        after - before,
+        (after - before) * 1024 / 100_000
+    );
+}
