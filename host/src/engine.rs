@@ -105,11 +105,10 @@ fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
         .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto)
-        // Keep every slot warm: past wasmtime's default of 100, slots were
-        // decommitted and re-faulted under 1,000 connections (measured:
-        // 44 -> 40 us a hello request at c=1000). Warm slots hold only the
-        // pages a guest touched (about 30 KiB for hello).
-        .max_unused_warm_slots(instances);
+        // Measured: keeping every slot warm (instead of wasmtime's 100)
+        // saved 0-4 us a hello request at c=1000 but raised the memory per
+        // request in flight from 31 to 52 KiB; memory wins.
+        .max_unused_warm_slots(100);
     pool
 }
 
