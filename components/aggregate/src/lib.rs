@@ -1,8 +1,8 @@
 //! `aggregate`: fans out GET requests to several URLs at once, under one
 //! overall deadline, through `wasi:http/outgoing-handler`.
 //!
-//! - URLs: config `urls` (comma-separated), or, when config
-//!   `allow_query_urls` is `true`, the query's `url=` parameters
+//! - URLs: config `urls` (separated by commas, semicolons or spaces), or,
+//!   when config `allow_query_urls` is `true`, the query's `url=` parameters
 //!   (percent-encoded). A URL starting with `/` is sent to the app itself
 //!   (`http://self/...`).
 //! - Deadline: `?timeout_ms=` (else config `deadline_ms`, default 2000).
@@ -187,7 +187,9 @@ fn advance(call: Call, elapsed_ms: &dyn Fn() -> u64) -> Call {
 
 fn urls(request: &IncomingRequest) -> Vec<String> {
     let mut urls: Vec<String> = wharf_guest::config("urls")
-        .map(|list| list.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect())
+        .map(|list| {
+            list.split([',', ';', ' ']).map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect()
+        })
         .unwrap_or_default();
     if wharf_guest::config("allow_query_urls").as_deref() == Some("true") {
         let query = request.path_with_query().and_then(|p| p.split_once('?').map(|(_, q)| q.to_string()));
