@@ -23,16 +23,23 @@ pub async fn serve(
     app: Arc<App>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Admin connections are not drained: on stop they are dropped, so
+    // nothing keeps the app alive after the server returns.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(_) => continue,
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                connections.shutdown().await;
+                return;
+            }
         };
         let app = app.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |request| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(&app, request).await) }

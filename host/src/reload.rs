@@ -11,14 +11,17 @@
 //! Triggers: a component's `.wasm` changing on disk (watched with `notify`,
 //! debounced, so atomic renames and partial writes settle first; a partial
 //! write that is caught anyway fails validation and is retried on the next
-//! change), `POST /admin/reload`, and SIGHUP (the whole manifest).
+//! change), `POST /admin/reload`, and SIGHUP (the whole manifest). Only
+//! changes count: a file merely opened (by our own reload, or by anyone
+//! reading it) is no reason to reload, or every reload would trigger the
+//! next.
 
 use crate::App;
 use crate::manifest::Manifest;
 use crate::registry::{self, RouteTable};
 use anyhow::{Context, Result};
-use notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::{EventKind, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -120,7 +123,7 @@ fn compare(old: &RouteTable, new: &RouteTable) -> ReloadReport {
 
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct ComponentWatcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
 /// Starts (or restarts) watching every component file of `app`.
@@ -142,11 +145,19 @@ fn start_watcher(app: &Arc<App>) -> Result<ComponentWatcher> {
     }
     let weak: Weak<App> = Arc::downgrade(app);
     let files = by_file.clone();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |events: DebounceEventResult| {
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |events: DebounceEventResult| {
         let Ok(events) = events else { return };
+        let mut names: Vec<&String> = events
+            .iter()
+            .filter(|event| !matches!(event.kind, EventKind::Access(_)))
+            .flat_map(|event| event.paths.iter())
+            .filter_map(|path| files.get(&normalize(path)))
+            .flatten()
+            .collect();
+        if names.is_empty() {
+            return;
+        }
         let Some(app) = weak.upgrade() else { return };
-        let mut names: Vec<&String> =
-            events.iter().filter_map(|event| files.get(&normalize(&event.path))).flatten().collect();
         names.sort();
         names.dedup();
         for name in names {
@@ -160,7 +171,6 @@ fn start_watcher(app: &Arc<App>) -> Result<ComponentWatcher> {
     dirs.dedup();
     for dir in dirs {
         debouncer
-            .watcher()
             .watch(&dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
     }

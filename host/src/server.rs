@@ -115,11 +115,14 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     }
     let tls = app.tls.is_some();
     tracing::info!(addr = %listeners.local_addr, threads = workers.len(), tls, "listening");
-    if let Some(admin) = listeners.admin {
-        let listener = tokio::net::TcpListener::from_std(admin)?;
-        tracing::info!(addr = %listener.local_addr()?, "admin listening (/healthz, /metrics)");
-        tokio::spawn(crate::admin::serve(listener, app.clone(), stop_rx.clone()));
-    }
+    let admin = match listeners.admin {
+        Some(admin) => {
+            let listener = tokio::net::TcpListener::from_std(admin)?;
+            tracing::info!(addr = %listener.local_addr()?, "admin listening (/healthz, /metrics)");
+            Some(tokio::spawn(crate::admin::serve(listener, app.clone(), stop_rx.clone())))
+        }
+        None => None,
+    };
 
     shutdown.await;
     let draining = app.in_flight();
@@ -132,6 +135,15 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     let _ = stop_tx.send(true);
     for worker in workers {
         worker.await.context("a worker thread died")??;
+    }
+    // Stop watching files: a reload must not start (and hold the app) now.
+    app.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // The admin task holds the app too; once it is gone, so is everything
+    // the app owns (the key-value database among them), so a new server can
+    // open the same data directory at once.
+    if let Some(admin) = admin {
+        admin.abort();
+        let _ = admin.await;
     }
     // Requests still running when the drain gave up were dropped with their
     // runtime, and their records counted them as cancelled.

@@ -90,6 +90,9 @@ impl TestServer {
     /// Waits until the server has returned (after a shutdown began).
     pub async fn wait_stopped(&mut self) {
         self.task.take().unwrap().await.unwrap().expect("server stops cleanly");
+        // Once the server has returned, nothing but this handle holds the
+        // app (and so its database): a restart can open the data dir at once.
+        assert_eq!(Arc::strong_count(&self.app), 1, "something still holds the app after shutdown");
     }
 }
 
