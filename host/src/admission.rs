@@ -82,32 +82,25 @@ impl Rejection {
     /// The response the client gets.
     pub fn response(&self) -> http::Response<ResponseBody> {
         let status = self.status();
-        let mut response = match self {
-            Self::RateLimited { .. } => {
-                response::plain(status, "Too Many Requests: slow down and retry later")
-            }
-            Self::Unauthorized => response::plain(status, "Unauthorized: a valid bearer token is required"),
-            Self::Overloaded | Self::QueueFull => {
-                response::plain(status, "Service Unavailable: server is at capacity, retry later")
-            }
-            Self::BodyTooLarge { .. } => response::plain(status, "Payload Too Large"),
-        };
-        let headers = response.headers_mut();
         match self {
+            Self::Overloaded | Self::QueueFull => response::overloaded(1),
             Self::RateLimited { retry_after, .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(*retry_after)));
-            }
-            Self::Overloaded | Self::QueueFull => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+                let mut response = response::plain(status, "Too Many Requests: slow down and retry later");
+                let wait = HeaderValue::from(retry_after_secs(*retry_after));
+                response.headers_mut().insert(header::RETRY_AFTER, wait);
+                response
             }
             Self::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let mut response = response::plain(status, "Unauthorized: a valid bearer token is required");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
             }
             Self::BodyTooLarge { .. } => {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                let mut response = response::plain(status, "Payload Too Large");
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
             }
         }
-        response
     }
 }
 

@@ -23,7 +23,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Core instances one component instance may use. A Rust component built for
 /// `wasm32-wasip2` takes a handful; a component with the preview-1 adapter or
 /// composed of others takes more.
-pub(crate) const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 20;
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 20;
 
 /// Settings that shape the engine.
 #[derive(Debug, Clone)]

@@ -188,11 +188,10 @@ fn new_store(app: &Arc<App>, component: &LoadedComponent) -> Store<Host> {
 }
 
 fn instantiation_error(error: wasmtime::Error) -> InvokeError {
-    let error = anyhow::Error::from(error);
-    if error.chain().any(|cause| cause.to_string().contains("maximum concurrent")) {
+    if error.is::<wasmtime::PoolConcurrencyLimitError>() {
         InvokeError::PoolExhausted
     } else {
-        InvokeError::Instantiation(format!("{error:#}"))
+        InvokeError::Instantiation(format!("{:#}", anyhow::Error::from(error)))
     }
 }
 

@@ -367,30 +367,24 @@ impl Backend for RedbBackend {
     }
 
     fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>> {
-        let db = self.db.clone();
-        Box::pin(async move {
-            let outcome = tokio::task::spawn_blocking(move || -> Result<BackendResult<u64>, redb::Error> {
-                let txn = db.begin_write()?;
-                let next = {
-                    let mut table = txn.open_table(table(&store))?;
-                    let current = table.get(key.as_str())?.map(|v| v.value().to_vec());
-                    let next = match parse_counter(current.as_deref()).and_then(|c| add(c, delta)) {
-                        Ok(next) => next,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    table.insert(key.as_str(), next.to_string().as_bytes())?;
-                    next
+        // The outer result is the database's, the inner one the value's
+        // (not a number, overflow), which aborts the transaction.
+        let update = self.run(move |db| {
+            let txn = db.begin_write()?;
+            let next = {
+                let mut table = txn.open_table(table(&store))?;
+                let current = table.get(key.as_str())?.map(|v| v.value().to_vec());
+                let next = match parse_counter(current.as_deref()).and_then(|c| add(c, delta)) {
+                    Ok(next) => next,
+                    Err(e) => return Ok(Err(e)),
                 };
-                txn.commit()?;
-                Ok(Ok(next))
-            })
-            .await
-            .map_err(|e| KeyValueError::Other(format!("key-value task failed: {e}")))?;
-            outcome.map_err(|e| {
-                tracing::error!(error = %e, "key-value database error");
-                KeyValueError::Other("key-value database error".into())
-            })?
-        })
+                table.insert(key.as_str(), next.to_string().as_bytes())?;
+                next
+            };
+            txn.commit()?;
+            Ok(Ok(next))
+        });
+        Box::pin(async move { update.await? })
     }
 }
 

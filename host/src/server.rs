@@ -7,7 +7,6 @@
 //! is worth more than half again the throughput of one multi-thread runtime.
 
 use crate::App;
-use crate::response::ResponseBody;
 use anyhow::{Context, Result};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -233,6 +232,3 @@ async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Re
     }
     Ok(())
 }
-
-/// Type of the responses the service returns.
-pub type Response = http::Response<ResponseBody>;
