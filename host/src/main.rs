@@ -119,7 +119,7 @@ fn main() -> Result<()> {
             let listeners = wharf::Listeners::bind_for(&manifest.server)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
-                let shutdown = wharf::signals::shutdown_signal(app.clone());
+                let shutdown = wharf::app::signals::shutdown_signal(app.clone());
                 wharf::run(listeners, app, shutdown).await
             })
         }
@@ -129,7 +129,7 @@ fn main() -> Result<()> {
 fn load_manifest(args: &AppArgs) -> Result<Manifest> {
     if args.build {
         let manifest = Manifest::load(&args.manifest, false)?;
-        wharf::build::build_components(&manifest).context("build failed")?;
+        wharf::manifest::build::build_components(&manifest).context("build failed")?;
     }
     Manifest::load(&args.manifest, true)
 }
@@ -139,7 +139,7 @@ fn load_manifest(args: &AppArgs) -> Result<Manifest> {
 /// is dropped (the queue blocks when full); the guard flushes on exit.
 fn init_logging(
     format: LogFormat,
-) -> (tracing_appender::non_blocking::WorkerGuard, Arc<wharf::access_log::AccessLog>) {
+) -> (tracing_appender::non_blocking::WorkerGuard, Arc<wharf::telemetry::access_log::AccessLog>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -147,12 +147,12 @@ fn init_logging(
         .thread_name("wharf-log")
         .finish(std::io::BufWriter::with_capacity(64 << 10, std::io::stderr()));
     let access_format = match format {
-        LogFormat::Pretty => wharf::access_log::AccessLogFormat::Pretty,
-        LogFormat::Json => wharf::access_log::AccessLogFormat::Json,
+        LogFormat::Pretty => wharf::telemetry::access_log::AccessLogFormat::Pretty,
+        LogFormat::Json => wharf::telemetry::access_log::AccessLogFormat::Json,
     };
     let access_writer = writer.clone();
     let access_log =
-        Arc::new(wharf::access_log::AccessLog::new(move || access_writer.clone(), access_format));
+        Arc::new(wharf::telemetry::access_log::AccessLog::new(move || access_writer.clone(), access_format));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Pretty => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),

@@ -372,7 +372,7 @@ config = { duration_ms = "100" }
 fn measure_client_limiter_memory() {
     let spec = wharf::manifest::RateLimitSpec { requests: 100, window: Duration::from_secs(60), burst: 100 };
     let before = rss_kib();
-    let limiter = wharf::admission::ClientLimiter::new(&spec);
+    let limiter = wharf::policy::ClientLimiter::new(&spec);
     for i in 0..100_000u32 {
         let _ = limiter.check(std::net::IpAddr::from(i.to_be_bytes()));
     }

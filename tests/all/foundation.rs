@@ -3,7 +3,6 @@
 
 use crate::harness::{TestServer, get, http1_client, http2_client};
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const APP: &str = r#"
@@ -119,6 +118,6 @@ async fn a_trapping_component_gets_500_and_the_host_keeps_serving() {
     assert_eq!(reply.body, "Internal Server Error\n", "no internals leak to the client");
     assert_eq!(get(&client, &server.url("/trap?mode=ok")).await.status, 200);
     assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
-    assert_eq!(server.app.stats.live_instances.load(Ordering::Relaxed), 0);
+    assert_eq!(server.app.telemetry.metrics.live_instances(), 0);
     server.stop().await;
 }

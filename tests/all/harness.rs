@@ -175,12 +175,12 @@ pub async fn eventually(what: &str, within: std::time::Duration, mut condition: 
 
 /// Live instances on `server` now.
 pub fn live(server: &TestServer) -> usize {
-    server.app.stats.live_instances.load(std::sync::atomic::Ordering::Relaxed)
+    server.app.telemetry.metrics.live_instances()
 }
 
 /// Requests `server` counted as cancelled.
 pub fn cancelled(server: &TestServer) -> u64 {
-    server.app.stats.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+    server.app.telemetry.metrics.cancelled_total()
 }
 
 /// Opens a raw TCP connection and writes a `GET path` HTTP/1.1 request.
@@ -227,7 +227,7 @@ pub async fn next_data(body: &mut hyper::body::Incoming, wait: std::time::Durati
 
 /// Requests waiting in `route`'s worker queue now.
 pub fn queue_depth(server: &TestServer, route: &str) -> usize {
-    let table = server.app.registry.current();
+    let table = server.app.routes.current();
     let route = table.routes().iter().find(|r| r.spec.path == route).expect("route exists");
     route.policy.workers.as_ref().map_or(0, |pool| pool.queue_depth())
 }

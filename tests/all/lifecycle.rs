@@ -222,7 +222,7 @@ async fn swapping_back_and_forth_under_load_fails_no_request() {
     for _ in 0..20 {
         assert_eq!(get(&client, &server.url("/swap")).await.body, "v1");
     }
-    assert_eq!(server.app.metrics.reloads(true), 20);
+    assert_eq!(server.app.telemetry.metrics.reloads(true), 20);
     server.stop().await;
 }
 
@@ -234,13 +234,13 @@ async fn an_invalid_file_written_in_place_leaves_the_old_version_serving() {
     let server = TestServer::start_in(dir.path(), SWAP_APP).await;
     let client = http1_client();
     std::fs::write(&target, b"\0asm garbage, not a component").unwrap();
-    eventually("reload rejected", 10 * SECOND, || server.app.metrics.reloads(false) >= 1).await;
+    eventually("reload rejected", 10 * SECOND, || server.app.telemetry.metrics.reloads(false) >= 1).await;
     assert_eq!(get(&client, &server.url("/swap")).await.body, "v1");
     let health = get(&client, &server.admin_url("/healthz")).await.json();
     let digest = health["components"][0]["digest"].as_str().unwrap().to_string();
     // A valid file afterwards is picked up.
     install_atomically(&component("swap_v2"), &target);
-    eventually("v2 swapped in", 10 * SECOND, || server.app.metrics.reloads(true) >= 1).await;
+    eventually("v2 swapped in", 10 * SECOND, || server.app.telemetry.metrics.reloads(true) >= 1).await;
     assert_eq!(get(&client, &server.url("/swap")).await.body, "v2");
     let health = get(&client, &server.admin_url("/healthz")).await.json();
     assert_ne!(health["components"][0]["digest"].as_str().unwrap(), digest, "health shows the new digest");
@@ -290,10 +290,10 @@ async fn admin_reload_applies_manifest_changes_and_rejects_bad_ones() {
 
 #[tokio::test]
 async fn a_truncated_cache_entry_is_rebuilt_not_loaded() {
-    use wharf::cache::CacheOutcome;
+    use wharf::runtime::cache::CacheOutcome;
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(component("swap_v1"), dir.path().join("swap.wasm")).unwrap();
-    let outcome = |server: &TestServer| server.app.registry.current().component("swap").unwrap().cache;
+    let outcome = |server: &TestServer| server.app.routes.current().component("swap").unwrap().cache;
 
     let server = TestServer::start_in(dir.path(), SWAP_APP).await;
     assert_eq!(outcome(&server), CacheOutcome::Miss);

@@ -160,7 +160,7 @@ async fn connections_are_pooled_and_bounded_per_host() {
     }
     let opened: u64 = upstreams
         .iter()
-        .map(|u| server.app.metrics.outbound.connections_opened_to(&u.addr.to_string()))
+        .map(|u| server.app.telemetry.metrics.outbound.connections_opened_to(&u.addr.to_string()))
         .sum();
     assert_eq!(opened as usize, upstreams.iter().map(Upstream::accepted).sum::<usize>());
     server.stop().await;

@@ -1,7 +1,6 @@
 //! Streaming responses, client-disconnect cancellation and deadlines.
 
 use crate::harness::*;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const APP: &str = r#"
@@ -97,7 +96,7 @@ async fn http1_disconnect_before_headers_frees_the_instance() {
     drop(socket);
     eventually("instance dropped", 2 * SECOND, || live(&server) == 0).await;
     eventually("cancellation counted", SECOND, || cancelled(&server) == 1).await;
-    assert_eq!(server.app.in_flight(), 0, "admission permit released");
+    assert_eq!(server.app.admission.in_flight(), 0, "admission permit released");
     server.stop().await;
 }
 
@@ -167,7 +166,7 @@ async fn a_spinning_guest_gets_504_while_others_are_served() {
     assert_eq!(spun.body, "Gateway Timeout\n");
     assert_eq!(burning.await.unwrap().status, 504);
     eventually("instances dropped", 2 * SECOND, || live(&server) == 0).await;
-    assert_eq!(server.app.stats.timed_out.load(Ordering::Relaxed), 2);
+    assert_eq!(server.app.telemetry.metrics.timed_out_total(), 2);
     assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
     server.stop().await;
 }
@@ -184,7 +183,7 @@ async fn an_idle_stream_is_cut_at_its_idle_timeout() {
     let rest = tokio::time::timeout(5 * SECOND, http_body_util::BodyExt::collect(body)).await.unwrap();
     assert!(rest.is_err(), "the stream should end with an error, not complete");
     eventually("instance dropped", 2 * SECOND, || live(&server) == 0).await;
-    assert_eq!(server.app.stats.timed_out.load(Ordering::Relaxed), 1);
+    assert_eq!(server.app.telemetry.metrics.timed_out_total(), 1);
     assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
     server.stop().await;
 }

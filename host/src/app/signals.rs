@@ -2,7 +2,7 @@
 //! shutdown and a second one cancels what is still in flight; SIGHUP
 //! reloads the manifest.
 
-use crate::App;
+use super::App;
 use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 

@@ -1,19 +1,12 @@
-//! Outbound HTTP: the one pooled, bounded, allow-listed client behind
-//! `wasi:http/outgoing-handler`.
-//!
-//! Every component's outgoing requests go through one shared hyper-util
-//! client: connections are pooled and reused (idle limits per host),
-//! HTTP/1.1 and HTTP/2 (over TLS, by ALPN), HTTPS through rustls with the
-//! system roots plus an optional extra CA. Requests to one host are capped
-//! (further ones wait, bounded by the connect timeout); connect, TLS
-//! handshake and total time are bounded, and the guest's own request
-//! options apply when they are tighter. Before any of that, the request
-//! must match the component's `allowed_outbound_hosts` (Spin's syntax;
-//! default deny): a denied one gets `HTTP-request-denied`.
+//! The one shared outbound client: pooled connections per host, HTTP/1.1
+//! and HTTP/2 (over TLS, by ALPN), rustls with the system roots plus an
+//! optional extra CA, a cap on connections per host, and deadlines for
+//! connect, TLS handshake and the whole exchange.
 
 use crate::manifest::OutboundSettings;
-use crate::response::BoxError;
-use anyhow::{Context as _, Result, bail};
+use crate::telemetry::metrics::OutboundMetrics;
+use crate::telemetry::record::BoxError;
+use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
@@ -29,107 +22,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
-
-/// One entry of `allowed_outbound_hosts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowedHost {
-    /// The app itself (`http://self` or `self`): requests whose authority
-    /// is `self`, sent to Wharf's own listener.
-    SelfApp,
-    /// `scheme://host[:port]` with `*` wildcards.
-    Pattern {
-        /// `http`, `https` or `*`.
-        scheme: String,
-        /// A host, `*`, or `*.suffix`.
-        host: String,
-        /// A port, or `None` for any (`*`); an omitted port means the
-        /// scheme's default.
-        port: Option<u16>,
-    },
-}
-
-/// A component's outbound allow-list; empty denies everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList(Vec<AllowedHost>);
-
-impl AllowList {
-    /// Parses Spin-style entries: `https://api.example.com`,
-    /// `http://127.0.0.1:8080`, `https://*.example.com`, `http://*:*`,
-    /// `*://localhost:*`, `http://self`.
-    pub fn parse(entries: &[String]) -> Result<Self> {
-        entries
-            .iter()
-            .map(|entry| parse_entry(entry).with_context(|| format!("allowed_outbound_hosts: {entry:?}")))
-            .collect::<Result<_>>()
-            .map(Self)
-    }
-
-    /// Whether a request to `scheme://host:port` may go out.
-    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        self.0.iter().any(|entry| match entry {
-            AllowedHost::SelfApp => host == "self",
-            AllowedHost::Pattern { scheme: s, host: h, port: p } => {
-                (s == "*" || s == scheme)
-                    && p.is_none_or(|p| p == port)
-                    && (h == "*"
-                        || h.eq_ignore_ascii_case(host)
-                        || h.strip_prefix("*.").is_some_and(|suffix| {
-                            host.len() > suffix.len() + 1
-                                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                        }))
-            }
-        })
-    }
-}
-
-fn parse_entry(entry: &str) -> Result<AllowedHost> {
-    if entry == "self" || entry == "http://self" {
-        return Ok(AllowedHost::SelfApp);
-    }
-    let Some((scheme, rest)) = entry.split_once("://") else {
-        bail!("expected scheme://host[:port], like \"https://api.example.com\"");
-    };
-    if !matches!(scheme, "http" | "https" | "*") {
-        bail!("scheme must be http, https or *");
-    }
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('/') {
-        bail!("paths are not allowed, only scheme://host[:port]");
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, "*")) => (host, None),
-        Some((host, port)) => (
-            host,
-            Some(port.parse::<u16>().map_err(|_| anyhow::anyhow!("port {port:?} is not a number or *"))?),
-        ),
-        None => match scheme {
-            "http" => (rest, Some(80)),
-            "https" => (rest, Some(443)),
-            _ => bail!("with scheme * give a port (or :*)"),
-        },
-    };
-    let wildcard_ok =
-        host == "*" || host.strip_prefix("*.").is_some_and(|rest| !rest.is_empty() && !rest.contains('*'));
-    if host.is_empty() || (host.contains('*') && !wildcard_ok) {
-        bail!("host must be a name, an address, * or *.domain");
-    }
-    Ok(AllowedHost::Pattern { scheme: scheme.into(), host: host.to_ascii_lowercase(), port })
-}
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 /// The shared client.
 pub struct OutboundClient {
     client: Client<TimedConnector, WasiBody>,
     settings: OutboundSettings,
-    metrics: Arc<crate::metrics::OutboundMetrics>,
+    pub(super) metrics: Arc<OutboundMetrics>,
     /// Wharf's own listener, for `self` requests (set when serving starts).
     pub self_addr: OnceLock<SocketAddr>,
 }
 
 impl OutboundClient {
     /// Builds the client from `settings`.
-    pub fn new(settings: &OutboundSettings, metrics: Arc<crate::metrics::OutboundMetrics>) -> Result<Self> {
+    pub fn new(settings: &OutboundSettings, metrics: Arc<OutboundMetrics>) -> Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -177,7 +83,7 @@ impl OutboundClient {
 
     /// Sends `request` (already allowed) and returns the response, whose
     /// body holds the host slot and enforces the remaining deadlines.
-    async fn send(
+    pub(super) async fn send(
         self: Arc<Self>,
         mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
@@ -313,7 +219,7 @@ struct TimedConnector {
     slot_wait: Duration,
     max_per_host: usize,
     per_host: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-    metrics: Arc<crate::metrics::OutboundMetrics>,
+    pub(super) metrics: Arc<OutboundMetrics>,
 }
 
 type HttpsStream =
@@ -415,83 +321,5 @@ impl<T: hyper_util::client::legacy::connect::Connection> hyper_util::client::leg
 {
     fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
         self.inner.connected()
-    }
-}
-
-/// The `wasi:http` hooks of one instance: the allow-list check, `self`
-/// resolution and the shared client.
-pub struct OutboundHooks {
-    pub(crate) client: Arc<OutboundClient>,
-    pub(crate) allowed: Arc<AllowList>,
-    pub(crate) component: Arc<str>,
-}
-
-impl WasiHttpHooks for OutboundHooks {
-    fn send_request(
-        &mut self,
-        mut request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
-                    HttpError,
-                >,
-            > + Send,
-    > {
-        drop(fut);
-        let uri = request.uri();
-        let scheme = uri.scheme_str().unwrap_or("http").to_string();
-        let host = uri.host().unwrap_or("").to_ascii_lowercase();
-        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-        let client = self.client.clone();
-        if !self.allowed.allows(&scheme, &host, port) {
-            tracing::warn!(component = %self.component, url = %uri, "outbound request denied: not in allowed_outbound_hosts");
-            client.metrics.denied(&format!("{host}:{port}"));
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
-        if host == "self" {
-            let Some(addr) = client.self_addr.get().copied() else {
-                return Box::new(async { Err(HttpError::DestinationUnavailable) });
-            };
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            match format!("http://{addr}{path}").parse() {
-                Ok(uri) => *request.uri_mut() = uri,
-                Err(_) => return Box::new(async { Err(HttpError::HttpRequestUriInvalid) }),
-            }
-        }
-        Box::new(async move {
-            let response = client.send(request, options).await?;
-            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn list(entries: &[&str]) -> AllowList {
-        AllowList::parse(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>()).unwrap()
-    }
-
-    #[test]
-    fn allow_list_follows_spin_syntax() {
-        let allowed =
-            list(&["https://api.example.com", "http://127.0.0.1:*", "https://*.cdn.net", "http://self"]);
-        assert!(allowed.allows("https", "api.example.com", 443));
-        assert!(!allowed.allows("https", "api.example.com", 8443), "omitted port means the default");
-        assert!(!allowed.allows("http", "api.example.com", 80), "scheme must match");
-        assert!(allowed.allows("http", "127.0.0.1", 9999));
-        assert!(allowed.allows("https", "a.cdn.net", 443));
-        assert!(!allowed.allows("https", "cdn.net", 443), "*.x does not match x itself");
-        assert!(!allowed.allows("https", "evilcdn.net", 443));
-        assert!(allowed.allows("http", "self", 80));
-        assert!(!AllowList::default().allows("http", "example.com", 80), "default deny");
-        assert!(list(&["*://*:*"]).allows("https", "anything", 1));
-        for bad in ["example.com", "ftp://x", "http://a/b", "http://x:notaport", "*://x", "http://a*b"] {
-            assert!(AllowList::parse(&[bad.to_string()]).is_err(), "{bad} should be rejected");
-        }
     }
 }

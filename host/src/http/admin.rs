@@ -5,8 +5,9 @@
 //! or `?component=NAME` for one component; answers what was swapped, or the
 //! error while the old version keeps serving).
 
+use super::response::{self, ResponseBody};
 use crate::App;
-use crate::response::{self, ResponseBody};
+use crate::telemetry::metrics::Snapshot;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::Full;
@@ -14,7 +15,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 /// Serves the admin endpoints on `listener` until `stop` fires.
@@ -58,8 +58,8 @@ async fn route(
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json(health(app)),
         (&Method::GET, "/metrics") => {
-            let mut response =
-                http::Response::new(response::boxed(Full::new(Bytes::from(app.metrics.render(app)))));
+            let text = app.telemetry.metrics.render(&snapshot(app));
+            let mut response = http::Response::new(response::boxed(Full::new(Bytes::from(text))));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -95,9 +95,23 @@ async fn route(
     }
 }
 
+/// The moment's gauges for `/metrics`.
+fn snapshot(app: &App) -> Snapshot {
+    let table = app.routes.current();
+    Snapshot {
+        in_flight: app.admission.in_flight(),
+        queue_depths: table
+            .routes()
+            .iter()
+            .filter_map(|r| r.policy.workers.as_ref().map(|pool| (r.spec.path.clone(), pool.queue_depth())))
+            .collect(),
+        components: table.components().iter().map(|c| (c.name.clone(), c.digest.clone())).collect(),
+    }
+}
+
 /// The `/healthz` document.
 pub fn health(app: &App) -> serde_json::Value {
-    let table = app.registry.current();
+    let table = app.routes.current();
     let routes: Vec<_> = table
         .routes()
         .iter()
@@ -111,10 +125,8 @@ pub fn health(app: &App) -> serde_json::Value {
             })
         })
         .collect();
-    let mut components: Vec<_> = table.routes().iter().map(|r| r.component.clone()).collect();
-    components.sort_by(|a, b| a.name.cmp(&b.name));
-    components.dedup_by(|a, b| a.name == b.name);
-    let components: Vec<_> = components
+    let components: Vec<_> = table
+        .components()
         .iter()
         .map(|c| {
             serde_json::json!({
@@ -122,20 +134,21 @@ pub fn health(app: &App) -> serde_json::Value {
                 "digest": c.digest,
                 "source": c.source.display().to_string(),
                 "loaded_at_unix": c.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-                "from_cache": c.cache == crate::cache::CacheOutcome::Hit,
+                "from_cache": c.cache == crate::runtime::cache::CacheOutcome::Hit,
             })
         })
         .collect();
+    let metrics = &app.telemetry.metrics;
     serde_json::json!({
         "status": "ok",
         "uptime_secs": app.started_at.elapsed().as_secs(),
-        "in_flight": app.in_flight(),
-        "live_instances": app.stats.live_instances.load(Ordering::Relaxed),
-        "requests": app.stats.requests.load(Ordering::Relaxed),
-        "cancelled": app.stats.cancelled.load(Ordering::Relaxed),
-        "timed_out": app.stats.timed_out.load(Ordering::Relaxed),
-        "shed": app.stats.shed.load(Ordering::Relaxed),
-        "allocator": format!("{:?}", app.allocator),
+        "in_flight": app.admission.in_flight(),
+        "live_instances": metrics.live_instances(),
+        "requests": metrics.requests_total(),
+        "cancelled": metrics.cancelled_total(),
+        "timed_out": metrics.timed_out_total(),
+        "shed": metrics.rejections("overloaded") + metrics.rejections("queue_full"),
+        "allocator": format!("{:?}", app.runtime.allocator),
         "routes": routes,
         "components": components,
     })

@@ -1,7 +1,9 @@
-//! Prometheus metrics (through `prometheus-client`), served by the admin
-//! listener at `/metrics`. Counters and histograms are updated as requests
-//! end; gauges (in flight, live instances, queue depths, loaded components)
-//! are read from the live state at scrape time.
+//! Prometheus metrics (through `prometheus-client`): the one set of counters
+//! the server keeps. `/metrics` renders them, `/healthz` and the tests read
+//! them through the accessors here. Counters and histograms are updated as
+//! things happen; the live-instance gauge moves as instances are created
+//! and dropped; the gauges that describe a moment (requests in flight,
+//! queue depths, loaded components) are set from a [`Snapshot`] at scrape.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteStatus {
@@ -24,7 +26,7 @@ struct RouteLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
-    reason: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,6 +44,11 @@ struct HostStatus {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabel {
     host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: &'static str,
 }
 
 /// Outbound HTTP metrics; the client holds them, `/metrics` shows them.
@@ -107,10 +114,22 @@ impl OutboundMetrics {
     }
 }
 
+/// The state of the moment that `/metrics` shows as gauges.
+#[derive(Default)]
+pub struct Snapshot {
+    /// Requests holding an admission permit.
+    pub in_flight: usize,
+    /// `(route, requests waiting for its workers)` for each pooled route.
+    pub queue_depths: Vec<(String, usize)>,
+    /// `(component, digest)` for each loaded component.
+    pub components: Vec<(String, String)>,
+}
+
 /// Every metric Wharf exports.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
+    requests_ended: Counter,
     duration: Family<RouteLabel, Histogram>,
     rejections: Family<Reason, Counter>,
     cancelled: Counter,
@@ -122,12 +141,7 @@ pub struct Metrics {
     components: Family<ComponentInfo, Gauge>,
     reloads: Family<ReloadResult, Counter>,
     /// Outbound HTTP metrics.
-    pub outbound: std::sync::Arc<OutboundMetrics>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadResult {
-    result: &'static str,
+    pub outbound: Arc<OutboundMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -140,6 +154,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("wharf");
         let requests = Family::<RouteStatus, Counter>::default();
         registry.register("requests", "Requests ended, by route and status", requests.clone());
+        let requests_ended = Counter::default();
+        registry.register(
+            "requests_ended",
+            "Requests ended, whatever their route, status or outcome",
+            requests_ended.clone(),
+        );
         let duration = Family::<RouteLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         registry.register(
             "request_duration_seconds",
@@ -180,12 +200,11 @@ impl Default for Metrics {
             "Component and manifest reloads, by result (ok or rejected)",
             reloads.clone(),
         );
-        let outbound = std::sync::Arc::new(OutboundMetrics::register(&mut registry));
+        let outbound = Arc::new(OutboundMetrics::register(&mut registry));
         Self {
-            outbound,
-            reloads,
             registry,
             requests,
+            requests_ended,
             duration,
             rejections,
             cancelled,
@@ -195,6 +214,8 @@ impl Default for Metrics {
             live_instances,
             queue_depth,
             components,
+            reloads,
+            outbound,
         }
     }
 }
@@ -203,13 +224,24 @@ impl Metrics {
     /// Counts one ended request.
     pub fn request_ended(&self, route: Option<&str>, status: Option<u16>, seconds: f64) {
         let route = route.unwrap_or("").to_string();
+        self.requests_ended.inc();
         self.requests.get_or_create(&RouteStatus { route: route.clone(), status: status.unwrap_or(0) }).inc();
         self.duration.get_or_create(&RouteLabel { route }).observe(seconds);
     }
 
-    /// Counts a rejection.
-    pub fn rejected(&self, reason: &str) {
-        self.rejections.get_or_create(&Reason { reason: reason.to_string() }).inc();
+    /// Requests ended so far, whatever their outcome.
+    pub fn requests_total(&self) -> u64 {
+        self.requests_ended.get()
+    }
+
+    /// Counts a rejection under its reason.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Rejections counted so far under `reason`.
+    pub fn rejections(&self, reason: &'static str) -> u64 {
+        self.rejections.get_or_create(&Reason { reason }).get()
     }
 
     /// Counts a cancellation (client gone).
@@ -217,9 +249,19 @@ impl Metrics {
         self.cancelled.inc();
     }
 
+    /// Requests cancelled so far.
+    pub fn cancelled_total(&self) -> u64 {
+        self.cancelled.get()
+    }
+
     /// Counts a request ended by a deadline.
     pub fn timed_out(&self) {
         self.timed_out.inc();
+    }
+
+    /// Requests ended by a deadline so far.
+    pub fn timed_out_total(&self) -> u64 {
+        self.timed_out.get()
     }
 
     /// Counts a reload, swapped in (`ok`) or rejected.
@@ -237,23 +279,26 @@ impl Metrics {
         self.instantiation.observe(seconds);
     }
 
-    /// The text exposition, with gauges read from `app` now.
-    pub fn render(&self, app: &crate::App) -> String {
-        self.in_flight.set(app.in_flight() as i64);
-        self.live_instances.set(app.stats.live_instances.load(Ordering::Relaxed) as i64);
-        let table = app.registry.current();
+    /// The gauge of live instances, for the guard each instance holds.
+    pub fn live_instances_gauge(&self) -> &Gauge {
+        &self.live_instances
+    }
+
+    /// Component instances alive now.
+    pub fn live_instances(&self) -> usize {
+        self.live_instances.get().max(0) as usize
+    }
+
+    /// The text exposition, with the moment's gauges from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        self.in_flight.set(snapshot.in_flight as i64);
+        for (route, depth) in &snapshot.queue_depths {
+            self.queue_depth.get_or_create(&RouteLabel { route: route.clone() }).set(*depth as i64);
+        }
         self.components.clear();
-        for route in table.routes() {
-            if let Some(pool) = &route.policy.workers {
-                self.queue_depth
-                    .get_or_create(&RouteLabel { route: route.spec.path.clone() })
-                    .set(pool.queue_depth() as i64);
-            }
+        for (component, digest) in &snapshot.components {
             self.components
-                .get_or_create(&ComponentInfo {
-                    component: route.component.name.clone(),
-                    digest: route.component.digest.clone(),
-                })
+                .get_or_create(&ComponentInfo { component: component.clone(), digest: digest.clone() })
                 .set(1);
         }
         let mut text = String::new();

@@ -5,10 +5,10 @@
 //! live-instance count goes down, whether the request finished, trapped or
 //! was cancelled.
 
-use crate::keyvalue::{KeyValueCtx, KeyValueView};
-use crate::outbound::OutboundHooks;
+use crate::capabilities::keyvalue::{KeyValueCtx, KeyValueView};
+use crate::capabilities::outbound::OutboundHooks;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -65,17 +65,17 @@ impl WasiHttpView for Host {
 }
 
 /// Counts one live instance from creation until drop.
-pub(crate) struct LiveInstance(Arc<AtomicUsize>);
+pub(crate) struct LiveInstance(Gauge);
 
 impl LiveInstance {
-    pub(crate) fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter.clone())
+    pub(crate) fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
     }
 }
 
 impl Drop for LiveInstance {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }

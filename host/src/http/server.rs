@@ -1,11 +1,12 @@
-//! The public listener: one single-threaded tokio runtime per core, each
-//! accepting on its own `SO_REUSEPORT` socket, serving HTTP/1.1 (keep-alive)
-//! and HTTP/2 on the same port, and draining on shutdown.
+//! Serving: one single-threaded tokio runtime per core, each accepting on
+//! its own `SO_REUSEPORT` socket, serving HTTP/1.1 (keep-alive) and HTTP/2
+//! on the same port, and draining on shutdown.
 //!
 //! A runtime per core keeps a request, its instance and its connection on
 //! one thread: no work stealing, no cross-core wake-ups. Measured here, that
 //! is worth more than half again the throughput of one multi-thread runtime.
 
+use super::listener::Listeners;
 use crate::App;
 use anyhow::{Context, Result};
 use hyper::service::service_fn;
@@ -16,67 +17,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Listening sockets bound to one address, one per runtime thread, and the
-/// admin listener's socket.
-pub struct Listeners {
-    sockets: Vec<std::net::TcpListener>,
-    local_addr: SocketAddr,
-    admin: Option<std::net::TcpListener>,
-}
-
-impl Listeners {
-    /// Binds what `settings` asks for: `listen` once per thread, and
-    /// `admin_listen` if set.
-    pub fn bind_for(settings: &crate::manifest::ServerSettings) -> Result<Self> {
-        let mut listeners = Self::bind(settings.listen, settings.threads)?;
-        if let Some(admin) = settings.admin_listen {
-            let socket = std::net::TcpListener::bind(admin)
-                .with_context(|| format!("cannot listen on {admin} (server.admin_listen)"))?;
-            socket.set_nonblocking(true)?;
-            listeners.admin = Some(socket);
-        }
-        Ok(listeners)
-    }
-
-    /// The admin listener's address, if there is one.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|s| s.local_addr().ok())
-    }
-
-    /// Binds `count` sockets to `addr` with `SO_REUSEPORT`, so the kernel
-    /// spreads connections across them. Port 0 picks one free port for all.
-    pub fn bind(addr: SocketAddr, count: usize) -> Result<Self> {
-        let first = reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        let local_addr = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..count.max(1) {
-            sockets.push(
-                reuseport_listener(local_addr).with_context(|| format!("cannot listen on {local_addr}"))?,
-            );
-        }
-        Ok(Self { sockets, local_addr, admin: None })
-    }
-
-    /// The address actually bound (with the real port when 0 was asked).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-}
-
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
-}
 
 /// Serves `app` on `listeners` until `shutdown` resolves, then stops
 /// accepting, lets requests in flight finish (up to the app's shutdown
@@ -93,12 +35,13 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     } else {
         own
     };
-    let _ = app.outbound.self_addr.set(loopback);
+    let _ = app.runtime.capabilities().outbound.self_addr.set(loopback);
     let mut workers = Vec::new();
     for (index, socket) in listeners.sockets.into_iter().enumerate() {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let app = app.clone();
         let stop = stop_rx.clone();
+        let tls = listeners.tls.clone();
         std::thread::Builder::new()
             .name(format!("wharf-worker-{index}"))
             .spawn(move || {
@@ -106,26 +49,26 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
                     .enable_all()
                     .build()
                     .context("cannot start a worker runtime")
-                    .and_then(|runtime| runtime.block_on(serve(socket, app, stop)));
+                    .and_then(|runtime| runtime.block_on(serve(socket, app, tls, stop)));
                 let _ = done_tx.send(result);
             })
             .context("cannot spawn a worker thread")?;
         workers.push(done_rx);
     }
-    let tls = app.tls.is_some();
+    let tls = listeners.tls.is_some();
     tracing::info!(addr = %listeners.local_addr, threads = workers.len(), tls, "listening");
     let admin = match listeners.admin {
         Some(admin) => {
             let listener = tokio::net::TcpListener::from_std(admin)?;
             tracing::info!(addr = %listener.local_addr()?, "admin listening (/healthz, /metrics)");
-            Some(tokio::spawn(crate::admin::serve(listener, app.clone(), stop_rx.clone())))
+            Some(tokio::spawn(super::admin::serve(listener, app.clone(), stop_rx.clone())))
         }
         None => None,
     };
 
     shutdown.await;
-    let draining = app.in_flight();
-    let cancelled_before = app.stats.cancelled.load(Ordering::Relaxed);
+    let draining = app.admission.in_flight();
+    let cancelled_before = app.telemetry.metrics.cancelled_total();
     tracing::info!(
         draining,
         timeout = ?app.settings.shutdown_timeout,
@@ -136,7 +79,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
         worker.await.context("a worker thread died")??;
     }
     // Stop watching files: a reload must not start (and hold the app) now.
-    app.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    app.stop_watching();
     // The admin task holds the app too; once it is gone, so is everything
     // the app owns (the key-value database among them), so a new server can
     // open the same data directory at once.
@@ -146,12 +89,17 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     }
     // Requests still running when the drain gave up were dropped with their
     // runtime, and their records counted them as cancelled.
-    let cancelled = app.stats.cancelled.load(Ordering::Relaxed) - cancelled_before;
+    let cancelled = app.telemetry.metrics.cancelled_total() - cancelled_before;
     tracing::info!(drained = draining.saturating_sub(cancelled as usize), cancelled, "shutdown complete");
     Ok(())
 }
 
-async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) -> Result<()> {
+async fn serve(
+    socket: std::net::TcpListener,
+    app: Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
     let graceful = GracefulShutdown::new();
     let settings = &app.settings;
@@ -179,7 +127,7 @@ async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Re
                 };
                 // Over the cap: close at once, so the client fails fast
                 // rather than waiting in the backlog.
-                let Ok(connection_slot) = app.connections.clone().try_acquire_owned() else {
+                let Some(connection_slot) = app.admission.try_connection() else {
                     tracing::warn!(%peer, max = settings.max_connections, "connection limit reached; closing");
                     continue;
                 };
@@ -189,14 +137,15 @@ async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Re
                     let app = app.clone();
                     move |request| {
                         let app = app.clone();
-                        async move { Ok::<_, Infallible>(crate::service::handle(app, request, peer).await) }
+                        async move { Ok::<_, Infallible>(super::service::handle(app, request, peer).await) }
                     }
                 });
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let _connection_slot = connection_slot;
-                    let result = match &app.tls {
+                    let result = match &tls {
                         None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
                         Some(acceptor) => {
                             // The handshake counts against the header timeout.
@@ -222,7 +171,7 @@ async fn serve(socket: std::net::TcpListener, app: Arc<App>, mut stop: watch::Re
     }
     drop(listener);
     let timeout = app.settings.shutdown_timeout;
-    let mut force = app.force_stop.subscribe();
+    let mut force = app.cancel_requested();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(timeout) => {

@@ -1,12 +1,12 @@
-//! Responses the host writes itself (404, 503, 500...) and the one body type
-//! every response has.
+//! Responses the host writes itself (404, 503, 500, each rejection's) and
+//! the one body type every response has.
 
+use crate::policy::{Rejection, retry_after_secs};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 
-/// Error type of response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::telemetry::record::BoxError;
 
 /// The body of every response Wharf sends.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -45,4 +45,27 @@ pub fn for_status(status: StatusCode) -> http::Response<ResponseBody> {
         return overloaded(1);
     }
     plain(status, status.canonical_reason().unwrap_or("Error"))
+}
+
+/// The answer to a request turned away by admission control.
+pub fn rejection(rejection: &Rejection) -> http::Response<ResponseBody> {
+    let status = rejection.status();
+    let mut response = match rejection {
+        Rejection::Overloaded | Rejection::QueueFull => return overloaded(1),
+        Rejection::RateLimited { .. } => plain(status, "Too Many Requests: slow down and retry later"),
+        Rejection::Unauthorized => {
+            let mut response = plain(status, "Unauthorized: a valid bearer token is required");
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Rejection::BodyTooLarge { .. } => {
+            let mut response = plain(status, "Payload Too Large");
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    };
+    if let Some(wait) = rejection.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+    }
+    response
 }

@@ -8,12 +8,12 @@
 //! response body is dropped before the body ends (the client disconnected),
 //! or a deadline passes, the task is aborted and its instance freed at once.
 
-use crate::App;
-use crate::host::{Host, LiveInstance};
-use crate::keyvalue::KeyValueCtx;
-use crate::outbound::OutboundHooks;
-use crate::registry::{HandlerPre, LoadedComponent, Route};
-use crate::response::{self, ResponseBody};
+use super::Runtime;
+use super::component::{HandlerPre, LoadedComponent};
+use super::host::{Host, LiveInstance};
+use crate::capabilities::keyvalue::KeyValueCtx;
+use crate::capabilities::outbound::OutboundHooks;
+use crate::telemetry::record::{BoxError, DeadlineExceeded};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
@@ -21,7 +21,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
@@ -70,28 +69,34 @@ impl InvokeError {
     }
 }
 
-/// A streamed body ended by a deadline (between chunks, or overall).
-#[derive(Debug, thiserror::Error)]
-#[error("response stream ended by its {0} deadline")]
-pub struct StreamDeadline(&'static str);
+/// The deadlines one request runs under (a route's).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// For the response headers.
+    pub headers: Duration,
+    /// Between two chunks of a streamed body.
+    pub idle: Duration,
+    /// For the whole response.
+    pub total: Duration,
+}
 
-/// Runs `route`'s component on `request` and returns its response, or the
-/// error explaining why there is none. `permit` (the admission slot) lives
-/// exactly as long as the instance.
+/// Runs `component` on `request` and returns its response, or the error
+/// explaining why there is none. `slots` (admission permits, a worker
+/// slot) live exactly as long as the instance.
 pub async fn invoke<B>(
-    app: &Arc<App>,
-    route: &Route,
+    runtime: &Runtime,
+    component: &Arc<LoadedComponent>,
+    deadlines: Deadlines,
     request: http::Request<B>,
-    permit: OwnedSemaphorePermit,
-    worker: Option<OwnedSemaphorePermit>,
-) -> Result<http::Response<ResponseBody>, InvokeError>
+    slots: impl Send + 'static,
+) -> Result<http::Response<GuestBody>, InvokeError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let started = Instant::now();
-    let component = route.component.clone();
-    let mut store = new_store(app, &component);
+    let component = component.clone();
+    let mut store = new_store(runtime, &component);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (incoming, outparam) = {
         let mut http = store.data_mut().http();
@@ -103,17 +108,17 @@ where
         (incoming, outparam)
     };
 
-    let app_for_task = app.clone();
+    let telemetry = runtime.telemetry.clone();
     let task = tokio::spawn(async move {
         // Declared first, dropped last: the slots are free only once the
         // instance is gone, so a new request never meets a full pool.
-        let _slots = (permit, worker);
+        let _slots = slots;
         let mut store = store;
         match &component.handler {
             HandlerPre::P2(pre) => {
                 let instantiating = std::time::Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
-                app_for_task.metrics.instantiated(instantiating.elapsed().as_secs_f64());
+                telemetry.metrics.instantiated(instantiating.elapsed().as_secs_f64());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
@@ -124,7 +129,7 @@ where
     });
     let guard = GuestTask { abort: task.abort_handle(), armed: true };
 
-    let headers = match tokio::time::timeout(route.spec.timeout, receiver).await {
+    let headers = match tokio::time::timeout(deadlines.headers, receiver).await {
         Err(_elapsed) => {
             guard.abort();
             return Err(InvokeError::TimedOut);
@@ -142,15 +147,13 @@ where
         }
     };
     match headers {
-        Ok(response) => Ok(response.map(|body| {
-            response::boxed(GuestBody {
-                inner: body,
-                guard: Some(guard),
-                idle_timeout: route.spec.idle_timeout,
-                deadline: started + route.spec.max_duration,
-                idle: None,
-                overall: None,
-            })
+        Ok(response) => Ok(response.map(|body| GuestBody {
+            inner: body,
+            guard: Some(guard),
+            idle_timeout: deadlines.idle,
+            deadline: started + deadlines.total,
+            idle: None,
+            overall: None,
         })),
         Err(code) => {
             guard.disarm();
@@ -159,28 +162,31 @@ where
     }
 }
 
-fn new_store(app: &Arc<App>, component: &LoadedComponent) -> Store<Host> {
-    let key_value =
-        KeyValueCtx { backend: app.key_value.clone(), allowed_stores: component.key_value_stores.clone() };
+fn new_store(runtime: &Runtime, component: &LoadedComponent) -> Store<Host> {
+    let capabilities = &runtime.capabilities;
+    let key_value = KeyValueCtx {
+        backend: capabilities.key_value.clone(),
+        allowed_stores: component.key_value_stores.clone(),
+    };
     let limits = StoreLimitsBuilder::new()
         .memory_size(component.limits.max_memory as usize)
         .table_elements(component.limits.max_table_elements)
         .build();
     let outbound = OutboundHooks {
-        client: app.outbound.clone(),
+        client: capabilities.outbound.clone(),
         allowed: component.allowed_outbound_hosts.clone(),
         component: component.name_for_logs.clone(),
     };
-    let live = LiveInstance::new(&app.stats.live_instances);
+    let live = LiveInstance::new(runtime.telemetry.metrics.live_instances_gauge());
     let host = Host::new(component.config.clone(), key_value, limits, outbound, live);
-    let mut store = Store::new(&app.engine, host);
+    let mut store = Store::new(&runtime.engine, host);
     store.limiter(|host| &mut host.limits);
-    if app.fuel_metering {
+    if runtime.fuel_metering {
         let _ = store.set_fuel(component.limits.fuel.unwrap_or(u64::MAX));
     }
     // Yield to the runtime at every epoch tick, so a spinning guest cannot
     // starve the other requests on its thread, and can be aborted.
-    if app.epoch_interruption {
+    if runtime.epoch_interruption {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
     }
@@ -224,8 +230,8 @@ impl Drop for GuestTask {
 }
 
 /// The guest's response body, with the stream deadlines; ending it normally
-/// disarms the abort guard.
-struct GuestBody {
+/// disarms the abort guard, dropping it early aborts the guest.
+pub struct GuestBody {
     inner: HyperOutgoingBody,
     guard: Option<GuestTask>,
     idle_timeout: Duration,
@@ -254,7 +260,7 @@ impl GuestBody {
 
 impl Body for GuestBody {
     type Data = Bytes;
-    type Error = response::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -280,7 +286,7 @@ impl Body for GuestBody {
                     if let Some(guard) = self.guard.take() {
                         guard.abort();
                     }
-                    Poll::Ready(Some(Err(Box::new(StreamDeadline(which)))))
+                    Poll::Ready(Some(Err(Box::new(DeadlineExceeded(which)))))
                 }
             },
         }

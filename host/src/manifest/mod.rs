@@ -6,6 +6,11 @@
 //! what was expected, because a bad manifest is the first thing a new user
 //! meets.
 
+mod allow_list;
+pub mod build;
+
+pub use allow_list::{AllowList, AllowedHost};
+
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -244,7 +249,7 @@ pub struct ComponentSpec {
     /// What one instance may use.
     pub limits: InstanceLimits,
     /// Hosts its outgoing HTTP requests may reach (default: none).
-    pub allowed_outbound_hosts: crate::outbound::AllowList,
+    pub allowed_outbound_hosts: AllowList,
 }
 
 /// Per-instance limits; exceeding one traps the instance (500), never the host.
@@ -582,7 +587,7 @@ impl ComponentSpec {
             max_table_elements: raw.max_table_elements.unwrap_or(DEFAULT_TABLE_ELEMENTS),
             fuel: raw.fuel,
         };
-        let allowed_outbound_hosts = crate::outbound::AllowList::parse(&raw.allowed_outbound_hosts)?;
+        let allowed_outbound_hosts = AllowList::parse(&raw.allowed_outbound_hosts)?;
         Ok(Self {
             limits,
             allowed_outbound_hosts,

@@ -1,6 +1,6 @@
 //! What happened to each request: one structured log line when it ends
 //! (method, path, route, status, latency, bytes out, client, outcome, and
-//! the reason for a rejection or failure) and the server's counters.
+//! the reason for a rejection or failure) and the metrics.
 //!
 //! A [`RequestRecord`] is created when a request arrives and travels with
 //! it: first inside the request future, then inside the response body. It
@@ -8,28 +8,23 @@
 //! future or the body dropped early) is still logged and counted, as
 //! cancelled.
 
+use super::Telemetry;
+use super::access_log::{AccessLine, AccessLog};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// Counters the server keeps while it runs.
-#[derive(Default)]
-pub struct Stats {
-    /// Instances alive now (an instance lives until its guest is done).
-    pub live_instances: Arc<AtomicUsize>,
-    /// Requests that have ended, whatever their outcome.
-    pub requests: AtomicU64,
-    /// Requests whose client went away before the response ended.
-    pub cancelled: AtomicU64,
-    /// Requests ended by a deadline (504, or a stream cut short).
-    pub timed_out: AtomicU64,
-    /// Requests turned away with 503 because the server was at capacity.
-    pub shed: AtomicU64,
-}
+/// Error type of the response bodies a record follows.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body ended by one of its deadlines; the record counts the
+/// request as timed out rather than failed.
+#[derive(Debug, thiserror::Error)]
+#[error("response stream ended by its {0} deadline")]
+pub struct DeadlineExceeded(pub &'static str);
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +41,7 @@ pub enum Outcome {
 
 /// The record of one request; logs and counts itself when dropped.
 pub struct RequestRecord {
-    app: Arc<crate::App>,
+    telemetry: Arc<Telemetry>,
     method: http::Method,
     path: String,
     /// The address limits and logs attribute the request to.
@@ -65,13 +60,13 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// Starts the record of a request.
     pub fn new(
-        app: Arc<crate::App>,
+        telemetry: Arc<Telemetry>,
         request: &http::Request<impl Sized>,
         client: std::net::IpAddr,
         request_id: String,
     ) -> Self {
         Self {
-            app,
+            telemetry,
             method: request.method().clone(),
             path: request.uri().path().to_string(),
             client,
@@ -90,21 +85,11 @@ impl RequestRecord {
         self.reason = Some(reason.into());
     }
 
-    /// Answers with `rejection`, logged and counted under its reason.
-    pub fn reject(
-        self,
-        rejection: &crate::admission::Rejection,
-    ) -> http::Response<crate::response::ResponseBody> {
-        let mut record = self;
-        record.app.metrics.rejected(rejection.reason());
-        if matches!(
-            rejection,
-            crate::admission::Rejection::Overloaded | crate::admission::Rejection::QueueFull
-        ) {
-            record.app.stats.shed.fetch_add(1, Ordering::Relaxed);
-        }
-        record.set_reason(rejection.reason());
-        record.attach(rejection.response())
+    /// Notes that the request was turned away for `reason` (counted, and
+    /// logged as the reason).
+    pub fn set_rejected(&mut self, reason: &'static str) {
+        self.telemetry.metrics.rejected(reason);
+        self.set_reason(reason);
     }
 
     /// Notes that a deadline ended the request.
@@ -113,32 +98,25 @@ impl RequestRecord {
     }
 
     /// Wraps `response` so the record follows its body to the end.
-    pub fn attach(
-        mut self,
-        response: http::Response<crate::response::ResponseBody>,
-    ) -> http::Response<crate::response::ResponseBody> {
+    pub fn attach<B>(mut self, response: http::Response<B>) -> http::Response<RecordedBody<B>>
+    where
+        B: Body<Data = Bytes, Error = BoxError>,
+    {
         self.status = Some(response.status().as_u16());
         if response.body().is_end_stream() {
             self.outcome.get_or_insert(Outcome::Completed);
         }
-        response.map(|body| crate::response::boxed(RecordedBody { inner: body, record: self }))
+        response.map(|body| RecordedBody { inner: body, record: self })
     }
 }
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        let (stats, metrics) = (&self.app.stats, &self.app.metrics);
-        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let metrics = &self.telemetry.metrics;
         match outcome {
-            Outcome::Cancelled => {
-                stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                metrics.cancelled();
-            }
-            Outcome::TimedOut => {
-                stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                metrics.timed_out();
-            }
+            Outcome::Cancelled => metrics.cancelled(),
+            Outcome::TimedOut => metrics.timed_out(),
             Outcome::Completed | Outcome::Failed => {}
         }
         let elapsed = self.start.elapsed().as_secs_f64();
@@ -154,9 +132,9 @@ impl Drop for RequestRecord {
         let (method, path, client, request_id) = (&self.method, &self.path, &self.client, &self.request_id);
         let (route, status, bytes_out, reason) =
             (self.route.as_deref(), self.status, self.bytes_out, self.reason.as_deref());
-        if let Some(access_log) = &self.app.access_log {
-            if crate::access_log::AccessLog::enabled() {
-                access_log.write(&crate::access_log::AccessLine {
+        if let Some(access_log) = &self.telemetry.access_log {
+            if AccessLog::enabled() {
+                access_log.write(&AccessLine {
                     error,
                     method: method.as_str(),
                     path,
@@ -179,14 +157,17 @@ impl Drop for RequestRecord {
 }
 
 /// A response body that counts bytes out and settles its record at the end.
-struct RecordedBody {
-    inner: crate::response::ResponseBody,
+pub struct RecordedBody<B> {
+    inner: B,
     record: RequestRecord,
 }
 
-impl Body for RecordedBody {
+impl<B> Body for RecordedBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
-    type Error = crate::response::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -205,7 +186,7 @@ impl Body for RecordedBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 if self.record.outcome.is_none() {
-                    self.record.outcome = Some(if error.is::<crate::invoke::StreamDeadline>() {
+                    self.record.outcome = Some(if error.is::<DeadlineExceeded>() {
                         Outcome::TimedOut
                     } else {
                         Outcome::Failed

@@ -16,9 +16,9 @@
 //! reading it) is no reason to reload, or every reload would trigger the
 //! next.
 
-use crate::App;
+use super::App;
+use super::routes::{self, RouteTable};
 use crate::manifest::Manifest;
-use crate::registry::{self, RouteTable};
 use anyhow::{Context, Result};
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
@@ -43,20 +43,21 @@ impl App {
     /// Reloads component `name` from its file; swaps it in if its bytes
     /// changed. On error the old version keeps serving.
     pub fn reload_component(&self, name: &str) -> Result<ReloadReport> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.lifecycle.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let spec = {
-            let manifest = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+            let manifest = self.lifecycle.manifest.lock().unwrap_or_else(|e| e.into_inner());
             manifest.components.get(name).cloned().with_context(|| format!("no component {name:?}"))?
         };
-        let current = self.registry.current();
+        let current = self.routes.current();
         let started = Instant::now();
-        let outcome =
-            registry::load_component(&self.engine, &self.linker, &spec, self.compile_cache.as_ref())
-                .with_context(|| format!("component {name:?} ({})", spec.source.display()));
+        let outcome = self
+            .runtime
+            .load_component(&spec)
+            .with_context(|| format!("component {name:?} ({})", spec.source.display()));
         let loaded = match outcome {
             Ok(loaded) => loaded,
             Err(error) => {
-                self.metrics.reload(false);
+                self.telemetry.metrics.reload(false);
                 tracing::error!(component = name, error = %format!("{error:#}"), "reload rejected; the previous version keeps serving");
                 return Err(error);
             }
@@ -65,8 +66,8 @@ impl App {
             return Ok(ReloadReport { swapped: vec![], unchanged: vec![name.to_string()] });
         }
         let loaded = Arc::new(loaded);
-        self.registry.replace(current.with_component(&loaded));
-        self.metrics.reload(true);
+        self.routes.replace(current.with_component(&loaded));
+        self.telemetry.metrics.reload(true);
         tracing::info!(component = name, digest = %&loaded.digest[..12], cache = ?loaded.cache, took_ms = started.elapsed().as_millis() as u64, "component swapped");
         Ok(ReloadReport { swapped: vec![name.to_string()], unchanged: vec![] })
     }
@@ -76,33 +77,32 @@ impl App {
     /// while serving (addresses, pool sizes) need a restart and are only
     /// reported. On error nothing changes.
     pub fn reload_manifest(self: &Arc<Self>) -> Result<ReloadReport> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let path = self.manifest.lock().unwrap_or_else(|e| e.into_inner()).path.clone();
+        let _one_at_a_time = self.lifecycle.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.lifecycle.manifest.lock().unwrap_or_else(|e| e.into_inner()).path.clone();
         let result = Manifest::load(&path, true).and_then(|mut manifest| {
-            if manifest.uses_fuel() && !self.fuel_metering {
+            if manifest.uses_fuel() && !self.runtime.fuel_metering() {
                 anyhow::bail!("a component now sets `fuel`, which needs a restart to turn metering on");
             }
             // Settings fixed at start (possibly by CLI flags) stay as they are.
             manifest.server = self.settings.clone();
-            let table =
-                registry::load_routes(&self.engine, &self.linker, &manifest, self.compile_cache.as_ref())
-                    .with_context(|| format!("cannot load the app in {}", path.display()))?;
+            let table = routes::load_routes(&self.runtime, &manifest)
+                .with_context(|| format!("cannot load the app in {}", path.display()))?;
             Ok((manifest, table))
         });
         let (manifest, table) = match result {
             Ok(loaded) => loaded,
             Err(error) => {
-                self.metrics.reload(false);
+                self.telemetry.metrics.reload(false);
                 tracing::error!(error = %format!("{error:#}"), "manifest reload rejected; the current app keeps serving");
                 return Err(error);
             }
         };
-        let report = compare(&self.registry.current(), &table);
-        self.registry.replace(table);
-        *self.manifest.lock().unwrap_or_else(|e| e.into_inner()) = manifest;
-        self.metrics.reload(true);
+        let report = compare(&self.routes.current(), &table);
+        self.routes.replace(table);
+        *self.lifecycle.manifest.lock().unwrap_or_else(|e| e.into_inner()) = manifest;
+        self.telemetry.metrics.reload(true);
         tracing::info!(swapped = ?report.swapped, "manifest reloaded");
-        if self.watcher.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if self.lifecycle.watcher.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
             watch(self);
         }
         Ok(report)
@@ -129,7 +129,7 @@ pub struct ComponentWatcher {
 /// Starts (or restarts) watching every component file of `app`.
 pub fn watch(app: &Arc<App>) {
     match start_watcher(app) {
-        Ok(watcher) => *app.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher),
+        Ok(watcher) => *app.lifecycle.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher),
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), "cannot watch component files; hot-swap on file change is off (POST /admin/reload still works)")
         }
@@ -140,7 +140,7 @@ fn start_watcher(app: &Arc<App>) -> Result<ComponentWatcher> {
     // Components by watched file; directories are watched (not files) so
     // an atomic rename over a file is seen.
     let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-    for spec in app.manifest.lock().unwrap_or_else(|e| e.into_inner()).components.values() {
+    for spec in app.lifecycle.manifest.lock().unwrap_or_else(|e| e.into_inner()).components.values() {
         by_file.entry(normalize(&spec.source)).or_default().push(spec.name.clone());
     }
     let weak: Weak<App> = Arc::downgrade(app);

@@ -5,11 +5,11 @@
 //! pool, and finally the component. Each rejection is answered here with its
 //! status code, so hyper never sees an error (it would close the connection).
 
+use super::response::{self, ResponseBody};
 use crate::App;
-use crate::admission::{self, Rejection};
-use crate::invoke::{self, InvokeError};
-use crate::observe::RequestRecord;
-use crate::response::{self, ResponseBody};
+use crate::policy::{self, Rejection};
+use crate::runtime::invoke::{self, Deadlines, InvokeError};
+use crate::telemetry::record::RequestRecord;
 use bytes::Bytes;
 use http::{HeaderValue, header};
 use http_body::{Body, Frame, SizeHint};
@@ -34,12 +34,16 @@ where
 {
     let request_id = request_id(&mut request);
     let client =
-        admission::client_addr(request.headers(), peer.ip(), app.settings.trusted_proxy_header.as_ref());
-    let mut record = RequestRecord::new(app.clone(), &request, client, request_id.clone());
-    let mut response = match serve(&app, request, &mut record).await {
-        Served::Response(response) => record.attach(response),
-        Served::Rejected(rejection) => record.reject(&rejection),
+        policy::client_addr(request.headers(), peer.ip(), app.settings.trusted_proxy_header.as_ref());
+    let mut record = RequestRecord::new(app.telemetry.clone(), &request, client, request_id.clone());
+    let response = match serve(&app, request, &mut record).await {
+        Served::Response(response) => response,
+        Served::Rejected(rejection) => {
+            record.set_rejected(rejection.reason());
+            response::rejection(&rejection)
+        }
     };
+    let mut response = record.attach(response).map(response::boxed);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
@@ -63,17 +67,10 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    if let Some(limiter) = &app.global_limit
-        && let Err(rejection) = limiter.check()
-    {
+    if let Err(rejection) = app.admission.check_rates(record.client) {
         return Served::Rejected(rejection);
     }
-    if let Some(limiter) = &app.client_limit
-        && let Err(rejection) = limiter.check(record.client)
-    {
-        return Served::Rejected(rejection);
-    }
-    let table = app.registry.current();
+    let table = app.routes.current();
     let Some(route) = table.find(request.uri().path()) else {
         return response::plain(http::StatusCode::NOT_FOUND, "Not Found").into();
     };
@@ -94,8 +91,9 @@ where
     if declared.is_some_and(|length| length > limit) {
         return Served::Rejected(Rejection::BodyTooLarge { limit });
     }
-    let Ok(permit) = app.admission.clone().try_acquire_owned() else {
-        return Served::Rejected(Rejection::Overloaded);
+    let permit = match app.admission.try_admit() {
+        Ok(permit) => permit,
+        Err(rejection) => return Served::Rejected(rejection),
     };
     let worker = match &route.policy.workers {
         None => None,
@@ -112,14 +110,19 @@ where
         limit,
         too_large: too_large.clone(),
     });
-    let outcome = invoke::invoke(app, route, request, permit, worker).await;
+    let deadlines = Deadlines {
+        headers: route.spec.timeout,
+        idle: route.spec.idle_timeout,
+        total: route.spec.max_duration,
+    };
+    let outcome = invoke::invoke(&app.runtime, &route.component, deadlines, request, (permit, worker)).await;
     // A body found too large while streaming in wins over whatever the guest
     // made of its truncated input, as long as no headers have gone out.
     if too_large.load(Ordering::Acquire) {
         return Served::Rejected(Rejection::BodyTooLarge { limit });
     }
     match outcome {
-        Ok(response) => response.into(),
+        Ok(response) => response.map(response::boxed).into(),
         Err(error) => {
             if matches!(error, InvokeError::TimedOut) {
                 record.set_timed_out();

@@ -8,8 +8,8 @@
 //! are reset) and keep-resident memory and tables (memset instead of
 //! `madvise`, which costs TLB-shootdown IPIs).
 
-use crate::host::Host;
-use crate::keyvalue;
+use super::host::Host;
+use crate::capabilities::keyvalue;
 use anyhow::{Context, Result};
 use std::time::Duration;
 use wasmtime::component::Linker;

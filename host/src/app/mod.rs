@@ -1,0 +1,138 @@
+//! The app: one server's parts, put together from a manifest. [`App::load`]
+//! builds the telemetry, the capabilities, the runtime, the admission state
+//! and the route table ([`routes`]); [`reload`] swaps components and
+//! manifests in while it serves; [`signals`] turns Unix signals into a
+//! drain or a reload.
+//!
+//! The app is the composition root: it uses every lower part (policy,
+//! runtime, capabilities, telemetry, manifest); `http` serves it.
+
+pub mod reload;
+pub mod routes;
+pub mod signals;
+
+use crate::capabilities::{Capabilities, keyvalue, outbound::OutboundClient};
+use crate::manifest::{Manifest, ServerSettings};
+use crate::policy::Admission;
+use crate::runtime::{Runtime, engine::EngineSettings};
+use crate::telemetry::{Telemetry, access_log::AccessLog};
+use anyhow::{Context, Result};
+use routes::Registry;
+use std::sync::{Arc, Mutex};
+
+/// One server's parts, shared by every runtime thread.
+pub struct App {
+    /// Server-wide settings from the manifest (after CLI overrides).
+    pub settings: ServerSettings,
+    /// The live route table.
+    pub routes: Registry,
+    /// Server-wide admission state: concurrency, buckets, connections.
+    pub admission: Admission,
+    /// Engine, linker and what instances are given.
+    pub runtime: Arc<Runtime>,
+    /// Metrics and the access log.
+    pub telemetry: Arc<Telemetry>,
+    /// When the app was loaded.
+    pub started_at: std::time::Instant,
+    lifecycle: Lifecycle,
+}
+
+/// What reloads and shutdown coordinate on.
+struct Lifecycle {
+    /// The manifest the current routes came from (replaced on reload).
+    manifest: Mutex<Manifest>,
+    /// Serialises reloads; the route table itself is swapped lock-free.
+    reloading: Mutex<()>,
+    watcher: Mutex<Option<reload::ComponentWatcher>>,
+    /// Set on a second shutdown signal: cancel what is still in flight.
+    force_stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Options that do not come from the manifest.
+#[derive(Clone)]
+pub struct LoadOptions {
+    /// Try the pooling allocator (default true).
+    pub pooling: bool,
+    /// Cache compiled components in `data_dir/cache` (default true).
+    pub compile_cache: bool,
+    /// Hot-swap components when their files change (default true).
+    pub watch: bool,
+    /// Epoch interruption (default true). Without it a CPU-bound guest
+    /// cannot be stopped or made to yield: only for measuring its cost.
+    pub epoch_interruption: bool,
+    /// Where request lines go; `None` (default) makes them `tracing` events.
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { pooling: true, compile_cache: true, watch: true, epoch_interruption: true, access_log: None }
+    }
+}
+
+impl App {
+    /// Builds every part for `manifest` and loads every component.
+    pub fn load(manifest: &Manifest, options: &LoadOptions) -> Result<Arc<Self>> {
+        let settings = manifest.server.clone();
+        let telemetry = Arc::new(Telemetry::new(options.access_log.clone()));
+        let capabilities = Capabilities {
+            key_value: keyvalue::open_backend(settings.key_value, &settings.data_dir)?,
+            outbound: Arc::new(OutboundClient::new(&settings.outbound, telemetry.metrics.outbound.clone())?),
+        };
+        let engine_settings = EngineSettings {
+            max_instances: settings.max_concurrent_requests,
+            max_instance_memory: settings.max_instance_memory,
+            pooling: options.pooling,
+            fuel: manifest.uses_fuel(),
+            epoch_interruption: options.epoch_interruption,
+        };
+        let cache_dir = options.compile_cache.then(|| settings.data_dir.join("cache"));
+        let runtime = Arc::new(Runtime::new(&engine_settings, cache_dir, capabilities, telemetry.clone())?);
+        let table = routes::load_routes(&runtime, manifest)
+            .with_context(|| format!("cannot load the app in {}", manifest.path.display()))?;
+        for route in table.routes() {
+            let component = &route.component;
+            tracing::info!(route = %route.spec.path, component = %component.name, digest = %&component.digest[..12], cache = ?component.cache, "route ready");
+        }
+        let app = Arc::new(Self {
+            admission: Admission::new(&settings),
+            routes: Registry::new(table),
+            runtime,
+            telemetry,
+            started_at: std::time::Instant::now(),
+            lifecycle: Lifecycle {
+                manifest: Mutex::new(manifest.clone()),
+                reloading: Mutex::new(()),
+                watcher: Mutex::new(None),
+                force_stop: tokio::sync::watch::Sender::new(false),
+            },
+            settings,
+        });
+        if options.watch {
+            reload::watch(&app);
+        }
+        Ok(app)
+    }
+
+    /// Cancels every request still in flight during a graceful shutdown
+    /// (the second ctrl-c).
+    pub fn cancel_in_flight(&self) {
+        self.lifecycle.force_stop.send_replace(true);
+    }
+
+    /// Resolves (`wait_for(|c| *c)`) once [`Self::cancel_in_flight`] is called.
+    pub fn cancel_requested(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lifecycle.force_stop.subscribe()
+    }
+
+    /// Stops watching component files (at shutdown: a reload must not start
+    /// and hold the app now).
+    pub fn stop_watching(&self) {
+        self.lifecycle.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The key-value backend components share (for operators and tests).
+    pub fn key_value(&self) -> &Arc<dyn keyvalue::Backend> {
+        &self.runtime.capabilities().key_value
+    }
+}
