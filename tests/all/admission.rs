@@ -187,6 +187,83 @@ async fn bearer_auth_guards_a_route() {
 }
 
 #[tokio::test]
+async fn a_routes_own_bucket_limits_only_that_route() {
+    let (server, _dir) = TestServer::start(&app("", "rate_limit = { requests = 2, window_secs = 60 }")).await;
+    let client = http1_client();
+    for _ in 0..2 {
+        assert_eq!(get(&client, &server.url("/hold?release=x")).await.status, 200);
+    }
+    let limited = get(&client, &server.url("/hold?release=x")).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.headers["retry-after"], "30", "one token every 60 s / 2");
+    assert_eq!(get(&client, &server.url("/hello")).await.status, 200, "other routes are not limited");
+    let metrics = get(&client, &server.admin_url("/metrics")).await.body;
+    assert!(metrics.contains(r#"wharf_rejections_total{reason="rate_limited_route"} 1"#), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bearer_auth_reads_its_token_from_the_environment() {
+    // A variable no other test uses; set before the app reads it.
+    #[allow(unsafe_code)]
+    // SAFETY: no other thread reads or writes this variable.
+    unsafe {
+        std::env::set_var("WHARF_TEST_AUTH_ENV_TOKEN", "from-the-env");
+    }
+    let (server, _dir) =
+        TestServer::start(&app("", "auth = { bearer_token_env = \"WHARF_TEST_AUTH_ENV_TOKEN\" }")).await;
+    let client = http1_client();
+    let with = |token: &str| {
+        http::Request::get(server.url("/hold?release=x"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(get(&client, &server.url("/hold?release=x")).await.status, 401);
+    assert_eq!(send(&client, with("s3cret-token")).await.status, 401);
+    assert_eq!(send(&client, with("from-the-env")).await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_at_once() {
+    let (server, _dir) = TestServer::start(&app("max_connections = 2", "")).await;
+    let first = raw_get(&server, "/hold?wait=a").await;
+    let second = raw_get(&server, "/hold?wait=b").await;
+    eventually("two requests running", 5 * SECOND, || live(&server) == 2).await;
+    assert_eq!(raw_get_to_end(&server, "/hello").await, "", "the third connection was served");
+    // Once a connection closes, its slot serves a new one.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + 10 * SECOND;
+    while !raw_get_to_end(&server, "/hello").await.starts_with("HTTP/1.1 200") {
+        assert!(tokio::time::Instant::now() < deadline, "the freed slot never served a new connection");
+    }
+    drop(second);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_request_whose_client_leaves_frees_its_worker() {
+    let (server, _dir) = TestServer::start(&app("", "workers = 1\nqueue = 1")).await;
+    let running = raw_get(&server, "/hold?wait=never").await;
+    eventually("first request running", 5 * SECOND, || live(&server) == 1).await;
+    let client = http1_client();
+    let (c, url) = (client.clone(), server.url("/hold?wait=b"));
+    let queued = tokio::spawn(async move { get(&c, &url).await });
+    eventually("second queued", 5 * SECOND, || queue_depth(&server, "/hold") == 1).await;
+    // The first client leaves: its instance is dropped and its worker slot
+    // goes to the queued request.
+    drop(running);
+    eventually("queued request running", 5 * SECOND, || {
+        queue_depth(&server, "/hold") == 0 && live(&server) == 1
+    })
+    .await;
+    release(&server, "b").await;
+    assert_eq!(queued.await.unwrap().body, "b 2");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_slow_header_client_is_cut_off_while_others_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (server, _dir) = TestServer::start(&app("header_read_timeout_secs = 0.5", "")).await;
@@ -247,6 +324,14 @@ async fn request_ids_are_kept_or_generated_and_returned() {
         .unwrap();
     let kept = send(&client, request).await;
     assert_eq!((kept.status, kept.headers["x-request-id"].to_str().unwrap()), (404, "abc-123"));
+
+    // The component sees the same id the client gets back and the log has.
+    let seen = get(&client, &server.url("/echo?inspect")).await;
+    let id = seen.headers["x-request-id"].to_str().unwrap().to_string();
+    let headers = seen.json()["headers"].as_array().unwrap().clone();
+    assert!(headers.contains(&serde_json::json!(["x-request-id", id])), "{headers:?}");
+    let line = server.access_line("the inspect request", |l| l["path"] == "/echo").await;
+    assert_eq!(line["request_id"], id.as_str());
     server.stop().await;
 }
 

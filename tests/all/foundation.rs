@@ -61,7 +61,11 @@ async fn unknown_paths_get_404() {
 
 #[tokio::test]
 async fn ten_concurrent_counter_requests_overlap_and_count_distinctly() {
-    let (server, _dir) = TestServer::start(APP).await;
+    let app = APP.replace(
+        "key_value_stores = [\"default\"]",
+        "key_value_stores = [\"default\"]\nconfig = { delay_ms = \"2000\" }",
+    );
+    let (server, _dir) = TestServer::start(&app).await;
     let client = http1_client();
     let url = server.url("/api");
     let started = Instant::now();
@@ -78,9 +82,9 @@ async fn ten_concurrent_counter_requests_overlap_and_count_distinctly() {
         numbers.insert(json["request_num"].as_u64().unwrap());
     }
     assert_eq!(numbers, (1..=10).collect::<BTreeSet<u64>>());
-    // Each request waits 100 ms inside its instance; run one after another
-    // they would take at least 1 s.
-    assert!(elapsed < Duration::from_millis(700), "requests did not overlap: {elapsed:?}");
+    // Each request waits 2 s inside its instance; run one after another
+    // they would take at least 20 s.
+    assert!(elapsed < Duration::from_secs(12), "requests did not overlap: {elapsed:?}");
     server.stop().await;
 }
 
@@ -118,6 +122,60 @@ async fn a_trapping_component_gets_500_and_the_host_keeps_serving() {
     assert_eq!(reply.body, "Internal Server Error\n", "no internals leak to the client");
     assert_eq!(get(&client, &server.url("/trap?mode=ok")).await.status, 200);
     assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
-    assert_eq!(server.app.telemetry.metrics.live_instances(), 0);
+    crate::harness::eventually("instances dropped", Duration::from_secs(5), || {
+        server.app.telemetry.metrics.live_instances() == 0
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn exact_routes_beat_prefixes_and_longer_prefixes_beat_shorter() {
+    let manifest = r#"
+[server]
+key_value = "memory"
+
+[[route]]
+path = "/..."
+component = "v2"
+
+[[route]]
+path = "/a/..."
+component = "echo"
+
+[[route]]
+path = "/a/b/..."
+component = "v1"
+
+[[route]]
+path = "/a/b/c"
+component = "hello"
+
+[component.hello]
+source = "{components}/hello.wasm"
+
+[component.v1]
+source = "{components}/swap_v1.wasm"
+
+[component.v2]
+source = "{components}/swap_v2.wasm"
+
+[component.echo]
+source = "{components}/echo.wasm"
+"#;
+    let (server, _dir) = TestServer::start(manifest).await;
+    let client = http1_client();
+    let body = |path: &'static str| {
+        let (client, url) = (client.clone(), server.url(path));
+        async move { get(&client, &url).await.body }
+    };
+    assert_eq!(body("/a/b/c").await, "Hello, world!\n", "exact");
+    assert_eq!(body("/a/b/c/").await, "Hello, world!\n", "exact, trailing slash");
+    assert_eq!(body("/a/b/c/d").await, "v1", "below the exact path: the longer prefix");
+    assert_eq!(body("/a/b").await, "v1", "a prefix matches itself");
+    assert_eq!(body("/a/bc").await, "", "/a/bc is under /a, not /a/b (echo of an empty body)");
+    assert_eq!(body("/a").await, "");
+    assert_eq!(body("/b").await, "v2", "everything else: the catch-all");
+    assert_eq!(body("/").await, "v2");
     server.stop().await;
 }

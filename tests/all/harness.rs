@@ -9,7 +9,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wharf::App;
@@ -30,6 +30,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub app: Arc<App>,
+    access_log: Arc<Mutex<Vec<u8>>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -37,16 +38,34 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server for `manifest` (TOML text) written into `dir`, where
     /// `{components}` stands for the compiled components' directory. The
-    /// listen address is always 127.0.0.1 on a free port.
+    /// listen address is always 127.0.0.1 on a free port; the server runs
+    /// two threads unless the manifest sets `threads`.
     pub async fn start_in(dir: &Path, manifest: &str) -> Self {
+        Self::start_with(dir, manifest, wharf::LoadOptions::default()).await
+    }
+
+    /// Like [`Self::start_in`] with load options of the test's choosing
+    /// (the access log is always captured, for [`Self::access_lines`]).
+    pub async fn start_with(dir: &Path, manifest: &str, options: wharf::LoadOptions) -> Self {
         let text = manifest.replace("{components}", &component_dir().display().to_string());
         let path = dir.join("wharf.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, &text).unwrap();
         let mut manifest = Manifest::load(&path, true).expect("valid test manifest");
         manifest.server.listen = "127.0.0.1:0".parse().unwrap();
         manifest.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-        manifest.server.threads = 2;
-        let app = App::load(&manifest, &wharf::LoadOptions::default()).expect("app loads");
+        if !text.contains("threads") {
+            manifest.server.threads = 2;
+        }
+        let access_log = Arc::new(Mutex::new(Vec::new()));
+        let sink = access_log.clone();
+        let options = wharf::LoadOptions {
+            access_log: Some(Arc::new(wharf::telemetry::access_log::AccessLog::unfiltered(
+                move || LineSink(sink.clone()),
+                wharf::telemetry::access_log::AccessLogFormat::Json,
+            ))),
+            ..options
+        };
+        let app = App::load(&manifest, &options).expect("app loads");
         let listeners = wharf::Listeners::bind_for(&manifest.server).unwrap();
         let addr = listeners.local_addr();
         let admin = listeners.admin_addr().unwrap();
@@ -54,7 +73,35 @@ impl TestServer {
         let task = tokio::spawn(wharf::run(listeners, app.clone(), async move {
             let _ = rx.await;
         }));
-        Self { addr, admin, app, shutdown: Some(tx), task: Some(task) }
+        Self { addr, admin, app, access_log, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Every access-log line written so far, parsed.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.access_log.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad access line {line:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until an access line matching `matches` has been written, and
+    /// returns it (a request is logged when its record is dropped, which
+    /// may be just after the client saw the response end).
+    pub async fn access_line(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut found = None;
+        eventually(what, std::time::Duration::from_secs(10), || {
+            found = self.access_lines().into_iter().find(|line| matches(line));
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
     }
 
     /// Like [`Self::start_in`], in a fresh temporary directory kept alive by
@@ -101,6 +148,20 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Appends whole lines to the shared capture buffer.
+struct LineSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LineSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -178,6 +239,11 @@ pub fn live(server: &TestServer) -> usize {
     server.app.telemetry.metrics.live_instances()
 }
 
+/// Requests holding an admission permit on `server` now.
+pub fn in_flight(server: &TestServer) -> usize {
+    server.app.admission.in_flight()
+}
+
 /// Requests `server` counted as cancelled.
 pub fn cancelled(server: &TestServer) -> u64 {
     server.app.telemetry.metrics.cancelled_total()
@@ -189,6 +255,19 @@ pub async fn raw_get(server: &TestServer, path: &str) -> tokio::net::TcpStream {
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
     stream
+}
+
+/// Sends `GET path` with `Connection: close` on a new connection and reads
+/// until the server closes it (or 10 s pass): the raw response, or `""`
+/// if the connection was closed without one.
+pub async fn raw_get_to_end(server: &TestServer, path: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let Ok(mut stream) = tokio::net::TcpStream::connect(server.addr).await else { return String::new() };
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
 }
 
 /// Reads from `stream` until the bytes read so far contain `needle`.

@@ -4,6 +4,7 @@
 mod admission;
 mod foundation;
 mod harness;
+mod keyvalue;
 mod lifecycle;
 mod manifest_ui;
 mod outbound;

@@ -177,7 +177,14 @@ fn advance(call: Call, elapsed_ms: &dyn Fn() -> u64) -> Call {
                     return Call::Done { status, size, latency_ms: elapsed_ms() };
                 }
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return Call::Failed { error: e.to_debug_string(), latency_ms: elapsed_ms() };
+                    // Children before their parent: a body dropped before
+                    // its stream traps ("resource has children").
+                    let error = e.to_debug_string();
+                    drop(e);
+                    drop(ready);
+                    drop(stream);
+                    drop(body);
+                    return Call::Failed { error, latency_ms: elapsed_ms() };
                 }
             }
         },

@@ -1,15 +1,20 @@
 //! `echo` (tests only): reads the whole request body and answers 200 with
 //! it, as `application/octet-stream`. A body cut off by the host (too large)
-//! gets 400 `incomplete body`.
+//! gets 400 `incomplete body`. With `?inspect` it answers the request as the
+//! guest sees it instead: JSON with `method`, `path_with_query`, `scheme`,
+//! `authority` and `headers` (a list of `[name, value]`).
 
 use wharf_guest::bindings::exports::wasi::http::incoming_handler::Guest;
-use wharf_guest::bindings::wasi::http::types::{IncomingBody, IncomingRequest, ResponseOutparam};
+use wharf_guest::bindings::wasi::http::types::{IncomingBody, IncomingRequest, ResponseOutparam, Scheme};
 use wharf_guest::bindings::wasi::io::streams::StreamError;
 
 struct Echo;
 
 impl Guest for Echo {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        if wharf_guest::query_param(&request, "inspect").is_some() {
+            return inspect(&request, out);
+        }
         let body = request.consume().expect("body taken once");
         let stream = body.stream().expect("stream taken once");
         let mut bytes = Vec::new();
@@ -26,6 +31,29 @@ impl Guest for Echo {
         let _ = IncomingBody::finish(body);
         wharf_guest::respond(out, 200, "application/octet-stream", &bytes);
     }
+}
+
+fn inspect(request: &IncomingRequest, out: ResponseOutparam) {
+    let scheme = match request.scheme() {
+        Some(Scheme::Http) => "http".to_string(),
+        Some(Scheme::Https) => "https".to_string(),
+        Some(Scheme::Other(other)) => other,
+        None => String::new(),
+    };
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .entries()
+        .into_iter()
+        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+        .collect();
+    let body = serde_json::json!({
+        "method": wharf_guest::method_name(request),
+        "path_with_query": request.path_with_query(),
+        "scheme": scheme,
+        "authority": request.authority(),
+        "headers": headers,
+    });
+    wharf_guest::respond(out, 200, "application/json", body.to_string().as_bytes());
 }
 
 wharf_guest::export!(Echo);

@@ -82,6 +82,16 @@ pub fn sleep_ms(ms: u64) {
     monotonic_clock::subscribe_duration(ms * 1_000_000).block();
 }
 
+/// Waits until `key` exists in key-value store `default` (polling every
+/// 2 ms on the host clock), so a test can hold a request until it releases
+/// it by setting the key.
+pub fn wait_for_key(key: &str) {
+    let bucket = bindings::wasi::keyvalue::store::open("default").expect("store `default` is allowed");
+    while !bucket.exists(key).expect("exists") {
+        sleep_ms(2);
+    }
+}
+
 /// The config value `key` from `wasi:config/store`, if set.
 pub fn config(key: &str) -> Option<String> {
     bindings::wasi::config::store::get(key).ok().flatten()

@@ -29,20 +29,14 @@ impl Guest for Hold {
             ResponseOutparam::set(out, Ok(response));
             let stream = body.write().expect("stream");
             stream.blocking_write_and_flush(b"first\n").expect("write");
-            wait_for(&bucket, &key);
+            wharf_guest::wait_for_key(&key);
             stream.blocking_write_and_flush(b"second\n").expect("write");
             drop(stream);
             OutgoingBody::finish(body, None).expect("finish");
             return;
         }
-        wait_for(&bucket, &key);
+        wharf_guest::wait_for_key(&key);
         wharf_guest::respond(out, 200, "text/plain", format!("{key} {arrived}").as_bytes());
-    }
-}
-
-fn wait_for(bucket: &store::Bucket, key: &str) {
-    while !bucket.exists(key).expect("exists") {
-        wharf_guest::sleep_ms(2);
     }
 }
 

@@ -44,6 +44,8 @@ struct Lifecycle {
     /// Serialises reloads; the route table itself is swapped lock-free.
     reloading: Mutex<()>,
     watcher: Mutex<Option<reload::ComponentWatcher>>,
+    /// Set when a graceful shutdown begins.
+    draining: std::sync::atomic::AtomicBool,
     /// Set on a second shutdown signal: cancel what is still in flight.
     force_stop: tokio::sync::watch::Sender<bool>,
 }
@@ -104,6 +106,7 @@ impl App {
                 manifest: Mutex::new(manifest.clone()),
                 reloading: Mutex::new(()),
                 watcher: Mutex::new(None),
+                draining: std::sync::atomic::AtomicBool::new(false),
                 force_stop: tokio::sync::watch::Sender::new(false),
             },
             settings,
@@ -112,6 +115,17 @@ impl App {
             reload::watch(&app);
         }
         Ok(app)
+    }
+
+    /// Notes that a graceful shutdown has begun: responses from now on
+    /// tell HTTP/1.1 clients the connection closes.
+    pub fn begin_drain(&self) {
+        self.lifecycle.draining.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.lifecycle.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Cancels every request still in flight during a graceful shutdown

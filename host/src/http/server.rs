@@ -74,6 +74,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
         timeout = ?app.settings.shutdown_timeout,
         "shutting down: no new connections; draining requests in flight"
     );
+    app.begin_drain();
     let _ = stop_tx.send(true);
     for worker in workers {
         worker.await.context("a worker thread died")??;

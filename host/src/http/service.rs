@@ -33,6 +33,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let request_id = request_id(&mut request);
+    let http1 = request.version() <= http::Version::HTTP_11;
     let client =
         policy::client_addr(request.headers(), peer.ip(), app.settings.trusted_proxy_header.as_ref());
     let mut record = RequestRecord::new(app.telemetry.clone(), &request, client, request_id.clone());
@@ -46,6 +47,11 @@ where
     let mut response = record.attach(response).map(response::boxed);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    // hyper closes an HTTP/1 connection after this response once a drain
+    // has begun, but does not say so; RFC 9112 asks the server to.
+    if http1 && app.is_draining() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

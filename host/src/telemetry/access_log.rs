@@ -27,6 +27,7 @@ type LineWriter = Box<dyn Fn(&[u8]) + Send + Sync>;
 pub struct AccessLog {
     writer: LineWriter,
     format: AccessLogFormat,
+    follows_log_filter: bool,
 }
 
 /// One request line's fields.
@@ -56,12 +57,22 @@ impl AccessLog {
                 let _ = make_writer().write_all(line);
             }),
             format,
+            follows_log_filter: true,
         }
     }
 
-    /// Whether request lines are enabled by the log filter.
-    pub fn enabled() -> bool {
-        tracing::enabled!(target: "wharf::access", tracing::Level::INFO)
+    /// Like [`Self::new`], but writes every line whatever `RUST_LOG` says
+    /// (for embedders and tests that read the lines back).
+    pub fn unfiltered<W>(make_writer: impl Fn() -> W + Send + Sync + 'static, format: AccessLogFormat) -> Self
+    where
+        W: std::io::Write,
+    {
+        Self { follows_log_filter: false, ..Self::new(make_writer, format) }
+    }
+
+    /// Whether request lines are written (the log filter may turn them off).
+    pub fn enabled(&self) -> bool {
+        !self.follows_log_filter || tracing::enabled!(target: "wharf::access", tracing::Level::INFO)
     }
 
     /// Formats and writes `line`.
@@ -130,7 +141,11 @@ fn json(out: &mut String, line: &AccessLine<'_>) {
 
 /// RFC 3339 UTC with microseconds, like `tracing-subscriber`'s.
 fn timestamp(out: &mut String) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    timestamp_at(out, SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
+}
+
+/// The RFC 3339 form of `now`, a time since the Unix epoch.
+fn timestamp_at(out: &mut String, now: std::time::Duration) {
     let secs = now.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil-from-days.
@@ -158,11 +173,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_are_rfc3339() {
-        let mut out = String::new();
-        timestamp(&mut out);
-        assert_eq!(out.len(), 27, "{out}");
-        assert!(out.starts_with("20") && out.ends_with('Z') && out.as_bytes()[10] == b'T', "{out}");
+    fn timestamps_are_rfc3339_dates_and_times() {
+        use std::time::Duration;
+        let at = |secs: u64, micros: u64| {
+            let mut out = String::new();
+            timestamp_at(&mut out, Duration::from_secs(secs) + Duration::from_micros(micros));
+            out
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 1), "2000-02-29T00:00:00.000001Z", "a leap day of a leap century");
+        assert_eq!(at(1_709_251_199, 999_999), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(at(1_709_251_200, 0), "2024-03-01T00:00:00.000000Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z", "2100 is not a leap year");
+        assert_eq!(at(1_798_761_599, 0), "2026-12-31T23:59:59.000000Z");
+        let mut now = String::new();
+        timestamp(&mut now);
+        assert!(now.starts_with("20") && now.len() == 27, "{now}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! cancelled.
 
 use super::Telemetry;
-use super::access_log::{AccessLine, AccessLog};
+use super::access_log::AccessLine;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -133,7 +133,7 @@ impl Drop for RequestRecord {
         let (route, status, bytes_out, reason) =
             (self.route.as_deref(), self.status, self.bytes_out, self.reason.as_deref());
         if let Some(access_log) = &self.telemetry.access_log {
-            if AccessLog::enabled() {
+            if access_log.enabled() {
                 access_log.write(&AccessLine {
                     error,
                     method: method.as_str(),

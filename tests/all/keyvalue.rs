@@ -1,0 +1,87 @@
+//! `wasi:keyvalue` through the `kv` component: store access control, the
+//! batch interface, listing keys.
+
+use crate::harness::*;
+
+const APP: &str = r#"
+[server]
+key_value = "memory"
+
+[[route]]
+path = "/kv"
+component = "kv"
+
+[[route]]
+path = "/other"
+component = "other"
+
+[component.kv]
+source = "{components}/kv.wasm"
+key_value_stores = ["default", "second"]
+
+[component.other]
+source = "{components}/kv.wasm"
+key_value_stores = ["second"]
+"#;
+
+async fn kv(server: &TestServer, path_and_query: &str) -> Reply {
+    get(&http1_client(), &server.url(path_and_query)).await
+}
+
+#[tokio::test]
+async fn a_component_may_open_only_the_stores_it_lists() {
+    let (server, _dir) = TestServer::start(APP).await;
+    assert_eq!(kv(&server, "/kv?op=set&key=a&value=1").await.status, 200);
+    let denied = kv(&server, "/other?op=get&key=a").await;
+    assert_eq!((denied.status, denied.json()["error"].as_str()), (500, Some("Error::AccessDenied")));
+    let undeclared = kv(&server, "/kv?op=get&key=a&store=third").await;
+    assert_eq!(undeclared.json()["error"], "Error::AccessDenied");
+    // Two components listing the same store share it.
+    assert_eq!(kv(&server, "/kv?op=set&key=shared&value=yes&store=second").await.status, 200);
+    assert_eq!(kv(&server, "/other?op=get&key=shared&store=second").await.json()["value"], "yes");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn batch_calls_set_get_and_delete_many_keys() {
+    let (server, _dir) = TestServer::start(APP).await;
+    assert_eq!(kv(&server, "/kv?op=set-many&prefix=b&n=3").await.status, 200);
+    let got = kv(&server, "/kv?op=get-many&keys=b0,b2,missing").await.json();
+    assert_eq!(got["values"], serde_json::json!([["b0", "0"], ["b2", "2"], null]));
+    assert_eq!(kv(&server, "/kv?op=delete-many&keys=b0,b1").await.status, 200);
+    let got = kv(&server, "/kv?op=get-many&keys=b0,b1,b2").await.json();
+    assert_eq!(got["values"], serde_json::json!([null, null, ["b2", "2"]]));
+    assert_eq!(kv(&server, "/kv?op=exists&key=b2").await.json()["exists"], true);
+    assert_eq!(kv(&server, "/kv?op=exists&key=b0").await.json()["exists"], false);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_keys_returns_every_key_of_the_store() {
+    let (server, _dir) = TestServer::start(APP).await;
+    assert_eq!(kv(&server, "/kv?op=set-many&prefix=k&n=25").await.status, 200);
+    assert_eq!(kv(&server, "/kv?op=set&key=elsewhere&value=1&store=second").await.status, 200);
+    let listed = kv(&server, "/kv?op=list-all").await.json();
+    let mut keys: Vec<String> =
+        listed["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect();
+    keys.sort();
+    let mut expected: Vec<String> = (0..25).map(|i| format!("k{i}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "all keys of `default`, none of `second`");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn increments_and_deletes_behave_like_redis() {
+    let (server, _dir) = TestServer::start(APP).await;
+    assert_eq!(kv(&server, "/kv?op=increment&key=n&delta=5").await.json()["value"], 5);
+    assert_eq!(kv(&server, "/kv?op=increment&key=n&delta=2").await.json()["value"], 7);
+    assert_eq!(kv(&server, "/kv?op=get&key=n").await.json()["value"], "7");
+    assert_eq!(kv(&server, "/kv?op=set&key=word&value=abc").await.status, 200);
+    let refused = kv(&server, "/kv?op=increment&key=word").await;
+    assert_eq!(refused.status, 500, "{}", refused.body);
+    assert_eq!(kv(&server, "/kv?op=delete&key=n").await.status, 200);
+    assert_eq!(kv(&server, "/kv?op=get&key=n").await.json()["value"], serde_json::Value::Null);
+    assert_eq!(kv(&server, "/kv?op=delete&key=n").await.status, 200, "deleting an absent key is fine");
+    server.stop().await;
+}
