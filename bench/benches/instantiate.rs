@@ -31,7 +31,12 @@ fn instantiate_call_drop(c: &mut Criterion) {
                 let request = http::Request::get("http://bench/hello")
                     .body(http_body_util::Empty::<bytes::Bytes>::new())
                     .unwrap();
-                let response = wharf::http::service::handle(app.clone(), request, peer).await;
+                let response = wharf::http::service::handle(
+                    app.clone(),
+                    request,
+                    wharf::http::service::Caller::direct(peer),
+                )
+                .await;
                 assert_eq!(response.status(), 200);
                 http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
             })

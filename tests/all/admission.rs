@@ -44,7 +44,9 @@ source = "{{components}}/echo.wasm"
 
 #[tokio::test]
 async fn a_burst_past_the_concurrency_limit_gets_exactly_the_extra_503s() {
-    let (server, _dir) = TestServer::start(&app("max_concurrent_requests = 4", "")).await;
+    let (server, _dir) =
+        TestServer::start(&app("max_concurrent_requests = 4\nmax_requests_in_flight_per_client = 0", ""))
+            .await;
     let client = http1_client();
     let held: Vec<_> = (0..4)
         .map(|_| {
@@ -227,7 +229,8 @@ async fn bearer_auth_reads_its_token_from_the_environment() {
 
 #[tokio::test]
 async fn connections_past_max_connections_are_closed_at_once() {
-    let (server, _dir) = TestServer::start(&app("max_connections = 2", "")).await;
+    let (server, _dir) =
+        TestServer::start(&app("max_connections = 2\nmax_connections_per_client = 0", "")).await;
     let first = raw_get(&server, "/hold?wait=a").await;
     let second = raw_get(&server, "/hold?wait=b").await;
     eventually("two requests running", 5 * SECOND, || live(&server) == 2).await;
@@ -312,24 +315,34 @@ async fn oversized_headers_get_431_and_oversized_bodies_413() {
 }
 
 #[tokio::test]
-async fn request_ids_are_kept_or_generated_and_returned() {
-    let (server, _dir) = TestServer::start(&app("", "")).await;
+async fn request_ids_are_made_by_wharf_and_kept_only_from_trusted_proxies() {
+    let (server, _dir) = TestServer::start(&app("trusted_proxies = [\"127.0.0.2/32\"]", "")).await;
+    let with_id = |path: &str| {
+        http::Request::get(server.url(path))
+            .header("x-request-id", "abc-123")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
     let client = http1_client();
     let generated = get(&client, &server.url("/hello")).await;
     let id = generated.headers["x-request-id"].to_str().unwrap();
     assert_eq!(id.len(), 32);
-    let request = http::Request::get(server.url("/nope"))
-        .header("x-request-id", "abc-123")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let kept = send(&client, request).await;
-    assert_eq!((kept.status, kept.headers["x-request-id"].to_str().unwrap()), (404, "abc-123"));
+    // From an ordinary client, a chosen id is replaced...
+    let replaced = send(&client, with_id("/nope")).await;
+    assert_eq!(replaced.status, 404);
+    assert_ne!(replaced.headers["x-request-id"], "abc-123");
+    // ...from a trusted proxy, it is kept.
+    let proxy = http1_client_from("127.0.0.2".parse().unwrap());
+    let kept = send(&proxy, with_id("/nope")).await;
+    assert_eq!(kept.headers["x-request-id"], "abc-123");
 
     // The component sees the same id the client gets back and the log has.
-    let seen = get(&client, &server.url("/echo?inspect")).await;
+    let seen = send(&client, with_id("/echo?inspect")).await;
     let id = seen.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(id, "abc-123");
     let headers = seen.json()["headers"].as_array().unwrap().clone();
     assert!(headers.contains(&serde_json::json!(["x-request-id", id])), "{headers:?}");
+    assert!(!headers.contains(&serde_json::json!(["x-request-id", "abc-123"])), "{headers:?}");
     let line = server.access_line("the inspect request", |l| l["path"] == "/echo").await;
     assert_eq!(line["request_id"], id.as_str());
     server.stop().await;

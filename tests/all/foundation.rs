@@ -91,10 +91,12 @@ async fn ten_concurrent_counter_requests_overlap_and_count_distinctly() {
 #[tokio::test]
 async fn a_thousand_concurrent_increments_are_exact_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let app = APP.replace(
-        "key_value_stores = [\"default\"]",
-        "key_value_stores = [\"default\"]\nconfig = { delay_ms = \"0\" }",
-    );
+    let app = APP
+        .replace(
+            "key_value_stores = [\"default\"]",
+            "key_value_stores = [\"default\"]\nconfig = { delay_ms = \"0\" }",
+        )
+        .replace("[server]", "[server]\nmax_requests_in_flight_per_client = 0");
     let server = TestServer::start_in(dir.path(), &app).await;
     let client = http1_client();
     let url = server.url("/api");

@@ -2,9 +2,7 @@
 //! under load, invalid versions, manifest reload, the compile cache.
 
 use crate::harness::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -71,84 +69,6 @@ async fn the_drain_gives_up_at_the_shutdown_timeout_or_when_told() {
         assert!(pending.await.unwrap().is_err(), "the request was cut off");
         eventually("instance dropped", 5 * SECOND, || live(&server) == 0).await;
         assert_eq!(cancelled(&server), 1);
-    }
-}
-
-/// Reads the JSON log lines of a `wharf` process and hands them out.
-fn spawn_log_reader(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<serde_json::Value> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = tx.send(value);
-            }
-        }
-    });
-    rx
-}
-
-/// A `wharf up` process on `manifest` (written into `dir` with free
-/// loopback ports), its JSON log lines, and its public and admin addresses.
-struct WharfProcess {
-    child: Option<std::process::Child>,
-    logs: std::sync::mpsc::Receiver<serde_json::Value>,
-    addr: std::net::SocketAddr,
-    admin: String,
-}
-
-impl WharfProcess {
-    fn start(dir: &Path, manifest: &str) -> Self {
-        let manifest = manifest
-            .replace("{components}", &component_dir().display().to_string())
-            .replace("[server]", "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"");
-        std::fs::write(dir.join("wharf.toml"), manifest).unwrap();
-        let mut child = Command::new(wharf_binary())
-            .args(["--log-format", "json", "up", "--manifest"])
-            .arg(dir.join("wharf.toml"))
-            .env("RUST_LOG", "info,wharf::access=warn")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let logs = spawn_log_reader(child.stderr.take().unwrap());
-        let addr = wait_for_log(&logs, "listening")["addr"].as_str().unwrap().parse().unwrap();
-        let admin =
-            wait_for_log(&logs, "admin listening (/healthz, /metrics)")["addr"].as_str().unwrap().to_string();
-        Self { child: Some(child), logs, addr, admin }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
-    }
-
-    async fn health(&self) -> serde_json::Value {
-        get(&http1_client(), &format!("http://{}/healthz", self.admin)).await.json()
-    }
-
-    /// Waits for the process to exit; its log lines stay readable.
-    async fn wait(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap()
-    }
-}
-
-impl Drop for WharfProcess {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_for_log(logs: &std::sync::mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
-    loop {
-        let line = logs.recv_timeout(30 * SECOND).unwrap_or_else(|_| panic!("no log line {message:?}"));
-        if line["message"] == message {
-            return line;
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 mod admission;
 mod foundation;
 mod harness;
+mod hostile_clients;
 mod keyvalue;
 mod lifecycle;
 mod manifest_ui;

@@ -34,6 +34,8 @@ pub struct App {
     pub telemetry: Arc<Telemetry>,
     /// When the app was loaded.
     pub started_at: std::time::Instant,
+    /// The admin listener's bearer token, if it has one.
+    pub(crate) admin_auth: Option<crate::policy::BearerAuth>,
     lifecycle: Lifecycle,
 }
 
@@ -90,13 +92,20 @@ impl App {
         };
         let cache_dir = options.compile_cache.then(|| settings.data_dir.join("cache"));
         let runtime = Arc::new(Runtime::new(&engine_settings, cache_dir, capabilities, telemetry.clone())?);
-        let table = routes::load_routes(&runtime, manifest)
+        let table = routes::load_routes(&runtime, manifest, None)
             .with_context(|| format!("cannot load the app in {}", manifest.path.display()))?;
         for route in table.routes() {
             let component = &route.component;
             tracing::info!(route = %route.spec.path, component = %component.name, digest = %&component.digest[..12], cache = ?component.cache, "route ready");
         }
+        let admin_auth = settings
+            .admin_auth
+            .as_ref()
+            .map(crate::policy::BearerAuth::load)
+            .transpose()
+            .context("server.admin_auth")?;
         let app = Arc::new(Self {
+            admin_auth,
             admission: Admission::new(&settings),
             routes: Registry::new(table),
             runtime,

@@ -85,7 +85,7 @@ impl App {
             }
             // Settings fixed at start (possibly by CLI flags) stay as they are.
             manifest.server = self.settings.clone();
-            let table = routes::load_routes(&self.runtime, &manifest)
+            let table = routes::load_routes(&self.runtime, &manifest, Some(&self.routes.current()))
                 .with_context(|| format!("cannot load the app in {}", path.display()))?;
             Ok((manifest, table))
         });

@@ -94,8 +94,13 @@ impl Registry {
 }
 
 /// Loads every component of `manifest` through `runtime`, then binds
-/// routes with their policies.
-pub fn load_routes(runtime: &Runtime, manifest: &Manifest) -> Result<RouteTable> {
+/// routes with their policies; a route of `previous` with the same path
+/// keeps the policy state whose settings did not change.
+pub fn load_routes(
+    runtime: &Runtime,
+    manifest: &Manifest,
+    previous: Option<&RouteTable>,
+) -> Result<RouteTable> {
     let mut loaded: BTreeMap<&str, Arc<LoadedComponent>> = BTreeMap::new();
     for route in &manifest.routes {
         if loaded.contains_key(route.component.as_str()) {
@@ -109,7 +114,11 @@ pub fn load_routes(runtime: &Runtime, manifest: &Manifest) -> Result<RouteTable>
     }
     let mut routes = Vec::with_capacity(manifest.routes.len());
     for spec in &manifest.routes {
-        let policy = RoutePolicy::from_spec(spec).with_context(|| format!("route {:?}", spec.path))?;
+        let before = previous
+            .and_then(|table| table.routes.iter().find(|r| r.spec.matcher == spec.matcher))
+            .map(|r| (&r.spec, &*r.policy));
+        let policy =
+            RoutePolicy::from_spec(spec, before).with_context(|| format!("route {:?}", spec.path))?;
         let component = loaded[spec.component.as_str()].clone();
         routes.push(Route { spec: spec.clone(), component, policy: Arc::new(policy) });
     }

@@ -5,6 +5,7 @@
 //! or `?component=NAME` for one component; answers what was swapped, or the
 //! error while the old version keeps serving).
 
+use super::connection::{self, ConnectionState, Deadlines, TrackedBody, WatchedIo};
 use super::response::{self, ResponseBody};
 use crate::App;
 use crate::telemetry::metrics::Snapshot;
@@ -12,17 +13,24 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 
-/// Serves the admin endpoints on `listener` until `stop` fires.
+/// Admin connections open at once, at most; more are closed at accept.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves the admin endpoints on `listener` until `stop` fires, under the
+/// same connection deadlines as the public listener.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let builder = Arc::new(super::server::connection_builder(&app.settings.connections));
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     // Admin connections are not drained: on stop they are dropped, so
     // nothing keeps the app alive after the server returns.
     let mut connections = tokio::task::JoinSet::new();
@@ -38,15 +46,37 @@ pub async fn serve(
                 return;
             }
         };
-        let app = app.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let (app, builder) = (app.clone(), builder.clone());
         connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, request).await) }
+            let _slot = slot;
+            let settings = &app.settings.connections;
+            let state = ConnectionState::new(Deadlines {
+                header_read: settings.header_read_timeout,
+                keepalive: settings.keepalive_timeout,
+                send: settings.send_timeout,
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let io = WatchedIo::new(stream, state.clone());
+            let service =
+                service_fn({
+                    let (app, state) = (app.clone(), state.clone());
+                    move |request| {
+                        let (app, state) = (app.clone(), state.clone());
+                        async move {
+                            let in_flight = state.request_started();
+                            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                            let response = route(&app, request).await;
+                            let progress = state.response_started(deadline);
+                            Ok::<_, Infallible>(response.map(|body| {
+                                response::boxed(TrackedBody::new(body, state, progress, in_flight))
+                            }))
+                        }
+                    }
+                });
+            let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+            // Nothing drains or cancels admin connections: they are dropped.
+            let (_keep, never) = tokio::sync::watch::channel(false);
+            connection::watch(connection, &state, never.clone(), never).await;
         });
     }
 }
@@ -55,6 +85,11 @@ async fn route(
     app: &Arc<App>,
     request: http::Request<hyper::body::Incoming>,
 ) -> http::Response<ResponseBody> {
+    if let Some(auth) = &app.admin_auth
+        && let Err(rejection) = auth.check(request.headers())
+    {
+        return response::rejection(&rejection);
+    }
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json(health(app)),
         (&Method::GET, "/metrics") => {

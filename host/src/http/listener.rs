@@ -21,8 +21,11 @@ impl Listeners {
         let mut listeners = Self::bind(settings.listen, settings.threads)?;
         listeners.tls = settings.tls.as_ref().map(super::tls::acceptor).transpose()?;
         if let Some(admin) = settings.admin_listen {
-            let socket = std::net::TcpListener::bind(admin)
-                .with_context(|| format!("cannot listen on {admin} (server.admin_listen)"))?;
+            let socket = std::net::TcpListener::bind(admin).with_context(|| {
+                format!(
+                    "cannot listen on {admin} (server.admin_listen): is something already listening there?"
+                )
+            })?;
             socket.set_nonblocking(true)?;
             listeners.admin = Some(socket);
         }
@@ -36,7 +39,14 @@ impl Listeners {
 
     /// Binds `count` sockets to `addr` with `SO_REUSEPORT`, so the kernel
     /// spreads connections across them. Port 0 picks one free port for all.
+    ///
+    /// Something already listening on `addr` is an error: `SO_REUSEPORT`
+    /// would otherwise let a second server start and silently take half
+    /// the connections. A plain bind first (without the option) finds out.
     pub fn bind(addr: SocketAddr, count: usize) -> Result<Self> {
+        if addr.port() != 0 {
+            probe(addr)?;
+        }
         let first = reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let local_addr = first.local_addr()?;
         let mut sockets = vec![first];
@@ -51,6 +61,23 @@ impl Listeners {
     /// The address actually bound (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+}
+
+/// Fails with a clear message if anything is bound to `addr`.
+fn probe(addr: SocketAddr) -> Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Tolerate connections of a previous run still in TIME_WAIT; a
+    // listening socket (with or without SO_REUSEPORT) still conflicts.
+    socket.set_reuse_address(true)?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "cannot listen on {addr}: something is already listening there (another wharf?); \
+             stop it or choose another address with --listen or server.listen"
+        ),
+        Err(error) => Err(error).with_context(|| format!("cannot listen on {addr}")),
     }
 }
 

@@ -52,6 +52,11 @@ pub fn rejection(rejection: &Rejection) -> http::Response<ResponseBody> {
     let status = rejection.status();
     let mut response = match rejection {
         Rejection::Overloaded | Rejection::QueueFull => return overloaded(1),
+        Rejection::ClientOverloaded => {
+            plain(status, "Service Unavailable: too many requests of yours in flight, retry later")
+        }
+        Rejection::BadRequest(why) => plain(status, &format!("Bad Request: {why}")),
+        Rejection::LoopDetected { .. } => plain(status, "Loop Detected: too many self-requests deep"),
         Rejection::RateLimited { .. } => plain(status, "Too Many Requests: slow down and retry later"),
         Rejection::Unauthorized => {
             let mut response = plain(status, "Unauthorized: a valid bearer token is required");

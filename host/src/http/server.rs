@@ -1,47 +1,47 @@
 //! Serving: one single-threaded tokio runtime per core, each accepting on
 //! its own `SO_REUSEPORT` socket, serving HTTP/1.1 (keep-alive) and HTTP/2
-//! on the same port, and draining on shutdown.
+//! on the same port under the connection deadlines of [`super::connection`],
+//! and draining on shutdown.
 //!
 //! A runtime per core keeps a request, its instance and its connection on
 //! one thread: no work stealing, no cross-core wake-ups. Measured here, that
 //! is worth more than half again the throughput of one multi-thread runtime.
 
+use super::connection::{self, ConnectionState, Deadlines, Ended, GracefulConnection, WatchedIo};
 use super::listener::Listeners;
+use super::service::{self, Caller, InProcess};
 use crate::App;
+use crate::policy::{ConnectionRefusal, ConnectionSlots};
 use anyhow::{Context, Result};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::watch;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
 
 /// Serves `app` on `listeners` until `shutdown` resolves, then stops
 /// accepting, lets requests in flight finish (up to the app's shutdown
 /// timeout) and returns.
 pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    // `self` outbound requests go to our own listener.
-    let own = listeners.local_addr;
-    let loopback = if own.ip().is_unspecified() {
-        SocketAddr::new(
-            if own.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
-            own.port(),
-        )
-    } else {
-        own
-    };
-    let _ = app.runtime.capabilities().outbound.self_addr.set(loopback);
+    let self_dispatch: Arc<dyn crate::capabilities::outbound::SelfDispatch> =
+        Arc::new(InProcess(Arc::downgrade(&app)));
+    let _ = app.runtime.capabilities().outbound.self_dispatch.set(self_dispatch);
+    let refusals = Arc::new(Refusals::default());
     let mut workers = Vec::new();
     for (index, socket) in listeners.sockets.into_iter().enumerate() {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let app = app.clone();
         let stop = stop_rx.clone();
         let tls = listeners.tls.clone();
+        let refusals = refusals.clone();
         std::thread::Builder::new()
             .name(format!("wharf-worker-{index}"))
             .spawn(move || {
@@ -49,7 +49,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
                     .enable_all()
                     .build()
                     .context("cannot start a worker runtime")
-                    .and_then(|runtime| runtime.block_on(serve(socket, app, tls, stop)));
+                    .and_then(|runtime| runtime.block_on(serve(socket, app, tls, refusals, stop)));
                 let _ = done_tx.send(result);
             })
             .context("cannot spawn a worker thread")?;
@@ -79,6 +79,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     for worker in workers {
         worker.await.context("a worker thread died")??;
     }
+    refusals.flush(&app);
     // Stop watching files: a reload must not start (and hold the app) now.
     app.stop_watching();
     // The admin task holds the app too; once it is gone, so is everything
@@ -95,24 +96,38 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     Ok(())
 }
 
-async fn serve(
-    socket: std::net::TcpListener,
-    app: Arc<App>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::from_std(socket)?;
-    let graceful = GracefulShutdown::new();
-    let settings = &app.settings;
+/// The hyper connection builder with Wharf's HTTP/1 and HTTP/2 settings.
+/// Header-read and idle deadlines are the watchdog's, not hyper's.
+pub(super) fn connection_builder(
+    settings: &crate::manifest::ConnectionSettings,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(settings.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(settings.max_header_bytes as u32);
-    let builder = Arc::new(builder);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes as u32)
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .keep_alive_interval(settings.http2_ping_interval)
+        .keep_alive_timeout(settings.http2_ping_timeout);
+    builder
+}
+
+async fn serve(
+    socket: std::net::TcpListener,
+    app: Arc<App>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    refusals: Arc<Refusals>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(socket)?;
+    let builder = Arc::new(connection_builder(&app.settings.connections));
+    let open = Arc::new(OpenConnections::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -126,46 +141,26 @@ async fn serve(
                         continue;
                     }
                 };
-                // Over the cap: close at once, so the client fails fast
+                // Over a cap: close at once, so the client fails fast
                 // rather than waiting in the backlog.
-                let Some(connection_slot) = app.admission.try_connection() else {
-                    tracing::warn!(%peer, max = settings.max_connections, "connection limit reached; closing");
-                    continue;
+                let slots = match app.admission.try_connection(peer.ip()) {
+                    Ok(slots) => slots,
+                    Err(refusal) => {
+                        refusals.record(&app, refusal);
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = service_fn({
-                    let app = app.clone();
-                    move |request| {
-                        let app = app.clone();
-                        async move { Ok::<_, Infallible>(super::service::handle(app, request, peer).await) }
-                    }
-                });
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let _connection_slot = connection_slot;
-                    let result = match &tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-                        Some(acceptor) => {
-                            // The handshake counts against the header timeout.
-                            let handshake = tokio::time::timeout(app.settings.header_read_timeout, acceptor.accept(stream));
-                            let stream = match handshake.await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            };
-                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
-                        }
-                    };
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, error = %error, "connection ended with an error");
-                    }
-                });
+                let connection = Connection {
+                    app: app.clone(),
+                    peer,
+                    tls: tls.clone(),
+                    builder: builder.clone(),
+                    drain: stop.clone(),
+                    _open: open.enter(),
+                    _slots: slots,
+                };
+                tokio::spawn(connection.serve(stream));
             }
             _ = stop.changed() => break,
         }
@@ -174,11 +169,164 @@ async fn serve(
     let timeout = app.settings.shutdown_timeout;
     let mut force = app.cancel_requested();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = open.all_closed() => {}
         () = tokio::time::sleep(timeout) => {
             tracing::warn!(?timeout, "shutdown timeout passed; cancelling requests still in flight");
         }
         _ = force.wait_for(|cancel| *cancel) => {}
     }
     Ok(())
+}
+
+/// One accepted connection and what it holds.
+struct Connection {
+    app: Arc<App>,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    drain: watch::Receiver<bool>,
+    _open: OpenGuard,
+    _slots: ConnectionSlots,
+}
+
+impl Connection {
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let settings = &self.app.settings.connections;
+        let state = ConnectionState::new(Deadlines {
+            header_read: settings.header_read_timeout,
+            keepalive: settings.keepalive_timeout,
+            send: settings.send_timeout,
+        });
+        let io = WatchedIo::new(stream, state.clone());
+        let ended = match &self.tls {
+            None => self.serve_http(io, &state, false).await,
+            Some(acceptor) => {
+                // The handshake counts against the header deadline.
+                let deadline = tokio::time::Instant::now() + settings.header_read_timeout;
+                match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => {
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            state.set_http2();
+                        }
+                        self.serve_http(stream, &state, true).await
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+                        Ended::Closed
+                    }
+                    Err(_) => Ended::TimedOut("header_timeout"),
+                }
+            }
+        };
+        if let Ended::TimedOut(reason) = ended {
+            self.app.telemetry.metrics.connection_timed_out(reason);
+            tracing::debug!(peer = %self.peer, reason, "connection ended by its deadline");
+        }
+    }
+
+    async fn serve_http<I>(&self, io: I, state: &Arc<ConnectionState>, https: bool) -> Ended
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let caller = Caller { peer: self.peer.ip(), https, connection: Some(state.clone()), origin: None };
+        let app = self.app.clone();
+        let service = service_fn(move |request| {
+            let (app, caller) = (app.clone(), caller.clone());
+            async move { Ok::<_, Infallible>(service::handle(app, request, caller).await) }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
+        connection::watch(connection, state, self.drain.clone(), self.app.cancel_requested()).await
+    }
+}
+
+impl<I, S, B> GracefulConnection for auto::Connection<'static, I, S, TokioExecutor>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Connections open on one thread, so the drain can wait for them.
+#[derive(Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    closed: Notify,
+}
+
+impl OpenConnections {
+    fn enter(self: &Arc<Self>) -> OpenGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(self.clone())
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct OpenGuard(Arc<OpenConnections>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// Refused connections: each is counted in the metrics; the log gets the
+/// first of a burst at once and then a summary at most once a second (a
+/// flood must not flood the log too).
+#[derive(Default)]
+struct Refusals {
+    server_full: AtomicU64,
+    client_full: AtomicU64,
+    last_logged: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    fn record(&self, app: &App, refusal: ConnectionRefusal) {
+        app.telemetry.metrics.connection_refused(refusal.reason());
+        match refusal {
+            ConnectionRefusal::ServerFull => self.server_full.fetch_add(1, Ordering::Relaxed),
+            ConnectionRefusal::ClientFull => self.client_full.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            drop(last);
+            self.flush(app);
+        }
+    }
+
+    /// Logs what was refused since the last line, if anything.
+    fn flush(&self, app: &App) {
+        let server_full = self.server_full.swap(0, Ordering::Relaxed);
+        let client_full = self.client_full.swap(0, Ordering::Relaxed);
+        if server_full + client_full > 0 {
+            let settings = &app.settings.connections;
+            tracing::warn!(
+                max_connections = server_full,
+                max_connections_per_client = client_full,
+                limit = settings.max_connections,
+                limit_per_client = settings.max_connections_per_client,
+                "connections refused at accept (counts since the last such line; at most one a second)"
+            );
+        }
+    }
 }

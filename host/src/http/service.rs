@@ -1,43 +1,92 @@
 //! The path every request takes around its component, in this order:
-//! request id, the request record (log line and metrics), the global token
-//! bucket, the per-client limiter, routing, the route's bucket, auth, the
-//! request-size check, the server's concurrency limit, the route's worker
-//! pool, and finally the component. Each rejection is answered here with its
-//! status code, so hyper never sees an error (it would close the connection).
+//! request id, client identity, the request record (log line and metrics),
+//! path normalisation, the self-request hop limit, the global token bucket,
+//! the per-client bucket, routing, the route's bucket, auth, the
+//! request-size check, the client's and the server's concurrency limits,
+//! the route's worker pool, and finally the component. Each rejection is
+//! answered here with its status code, so hyper never sees an error (it
+//! would close the connection). Requests to `http://self` enter here too,
+//! in process ([`InProcess`]).
 
+use super::connection::{ConnectionState, TrackedBody};
+use super::path;
 use super::response::{self, ResponseBody};
 use crate::App;
-use crate::policy::{self, Rejection};
-use crate::runtime::invoke::{self, Deadlines, InvokeError};
+use crate::capabilities::outbound::{Origin, SelfDispatch};
+use crate::policy::Rejection;
+use crate::runtime::invoke::{self, Deadlines, RequestContext};
 use crate::telemetry::record::RequestRecord;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::{HeaderValue, header};
 use http_body::{Body, Frame, SizeHint};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-/// Header carrying the request id, accepted from the client or generated.
+/// Header carrying the request id.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Serves one request (from hyper, or any body, as benchmarks do).
+/// How long a response the host makes itself may take to send (a short
+/// body; the connection's send timeout applies too).
+const HOST_RESPONSE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Who sent a request, and how it arrived.
+#[derive(Clone)]
+pub struct Caller {
+    /// The socket peer; for `http://self` requests, the origin's client.
+    pub peer: IpAddr,
+    /// Whether it came over TLS (the guest sees `https`).
+    pub https: bool,
+    /// The connection it came on, whose watchdog tracks its response.
+    pub connection: Option<Arc<ConnectionState>>,
+    /// For `http://self` requests: where the chain of requests began.
+    pub origin: Option<Origin>,
+}
+
+impl Caller {
+    /// A plain-HTTP caller at `peer` with no connection to track (for
+    /// embedders and benchmarks that call [`handle`] directly).
+    pub fn direct(peer: SocketAddr) -> Self {
+        Self { peer: peer.ip(), https: false, connection: None, origin: None }
+    }
+}
+
+/// Serves one request (from hyper, in process for `http://self`, or any
+/// body, as benchmarks do).
 pub async fn handle<B>(
     app: Arc<App>,
     mut request: http::Request<B>,
-    peer: SocketAddr,
+    caller: Caller,
 ) -> http::Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let request_id = request_id(&mut request);
+    let in_flight = caller.connection.as_ref().map(|connection| connection.request_started());
+    let identity = &app.admission.identity;
+    let from_trusted_proxy = caller.origin.is_none() && identity.is_trusted_proxy(caller.peer);
+    let request_id = request_id(&mut request, from_trusted_proxy);
+    let (client, hops) = match caller.origin {
+        Some(origin) => (origin.client, origin.hops + 1),
+        None => (identity.client_addr(request.headers(), caller.peer), 0),
+    };
     let http1 = request.version() <= http::Version::HTTP_11;
-    let client =
-        policy::client_addr(request.headers(), peer.ip(), app.settings.trusted_proxy_header.as_ref());
     let mut record = RequestRecord::new(app.telemetry.clone(), &request, client, request_id.clone());
-    let response = match serve(&app, request, &mut record).await {
+    if let Some(connection) = &caller.connection {
+        record.watch_connection(connection.ended_by().clone());
+    }
+    let context = RequestContext {
+        https: caller.https,
+        origin: Origin { client, hops },
+        request_id: request_id.as_str().into(),
+    };
+    let mut deadline = HOST_RESPONSE_DEADLINE;
+    let started = tokio::time::Instant::now();
+    let response = match serve(&app, request, &mut record, context, &mut deadline).await {
         Served::Response(response) => response,
         Served::Rejected(rejection) => {
             record.set_rejected(rejection.reason());
@@ -53,7 +102,13 @@ where
     if http1 && app.is_draining() {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response
+    match (caller.connection, in_flight) {
+        (Some(connection), Some(in_flight)) => {
+            let progress = connection.response_started(started + deadline);
+            response.map(|body| response::boxed(TrackedBody::new(body, connection, progress, in_flight)))
+        }
+        _ => response,
+    }
 }
 
 /// What the chain produced: a response to record, or a rejection.
@@ -68,11 +123,25 @@ impl From<http::Response<ResponseBody>> for Served {
     }
 }
 
-async fn serve<B>(app: &Arc<App>, request: http::Request<B>, record: &mut RequestRecord) -> Served
+async fn serve<B>(
+    app: &Arc<App>,
+    mut request: http::Request<B>,
+    record: &mut RequestRecord,
+    context: RequestContext,
+    deadline: &mut Duration,
+) -> Served
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
+    if let Err(rejection) = normalize_path(&mut request) {
+        return Served::Rejected(rejection);
+    }
+    let limit = app.settings.max_self_hops;
+    if context.origin.hops > limit {
+        tracing::warn!(request_id = %context.request_id, hops = context.origin.hops, limit, "self-request loop refused (server.max_self_hops)");
+        return Served::Rejected(Rejection::LoopDetected { limit });
+    }
     if let Err(rejection) = app.admission.check_rates(record.client) {
         return Served::Rejected(rejection);
     }
@@ -81,6 +150,7 @@ where
         return response::plain(http::StatusCode::NOT_FOUND, "Not Found").into();
     };
     record.route = Some(route.spec.path.clone());
+    *deadline = route.spec.max_duration;
     if let Some(limiter) = &route.policy.rate_limit
         && let Err(rejection) = limiter.check()
     {
@@ -97,8 +167,8 @@ where
     if declared.is_some_and(|length| length > limit) {
         return Served::Rejected(Rejection::BodyTooLarge { limit });
     }
-    let permit = match app.admission.try_admit() {
-        Ok(permit) => permit,
+    let slots = match app.admission.try_admit(record.client) {
+        Ok(slots) => slots,
         Err(rejection) => return Served::Rejected(rejection),
     };
     let worker = match &route.policy.workers {
@@ -121,7 +191,8 @@ where
         idle: route.spec.idle_timeout,
         total: route.spec.max_duration,
     };
-    let outcome = invoke::invoke(&app.runtime, &route.component, deadlines, request, (permit, worker)).await;
+    let outcome =
+        invoke::invoke(&app.runtime, &route.component, deadlines, context, request, (slots, worker)).await;
     // A body found too large while streaming in wins over whatever the guest
     // made of its truncated input, as long as no headers have gone out.
     if too_large.load(Ordering::Acquire) {
@@ -130,7 +201,7 @@ where
     match outcome {
         Ok(response) => response.map(response::boxed).into(),
         Err(error) => {
-            if matches!(error, InvokeError::TimedOut) {
+            if error.is_timeout() {
                 record.set_timed_out();
             }
             record.set_reason(error.to_string());
@@ -139,22 +210,71 @@ where
     }
 }
 
-/// Accepts a well-formed `x-request-id` from the client or makes one, and
-/// puts it on the request so the component sees it too.
-fn request_id<B>(request: &mut http::Request<B>) -> String {
-    let given = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string);
-    given.unwrap_or_else(|| {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            request.headers_mut().insert(REQUEST_ID, value);
-        }
-        id
-    })
+/// Replaces the request's path with its normalised form (see
+/// [`path::normalize`]), keeping the query, or refuses it.
+fn normalize_path<B>(request: &mut http::Request<B>) -> Result<(), Rejection> {
+    let normalized = match path::normalize(request.uri().path()).map_err(Rejection::BadRequest)? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(normalized) => normalized,
+    };
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized,
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| Rejection::BadRequest("the normalised path is not a valid URI"))?,
+    );
+    *request.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| Rejection::BadRequest("the normalised path is not a valid URI"))?;
+    Ok(())
+}
+
+/// The request's id: one Wharf makes, unless the request came through a
+/// trusted proxy that sent a well-formed one. It replaces whatever the
+/// client sent, so the component and the logs see the same id.
+fn request_id<B>(request: &mut http::Request<B>, keep_forwarded: bool) -> String {
+    if keep_forwarded
+        && let Some(given) = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return given.to_string();
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    id
+}
+
+/// `http://self` requests served in process: they reach the app whatever
+/// listener it has (TLS included) and carry their origin, so hop limits and
+/// the originating client's limits apply.
+pub(crate) struct InProcess(pub(crate) Weak<App>);
+
+impl SelfDispatch for InProcess {
+    fn dispatch(
+        &self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        origin: Origin,
+    ) -> BoxFuture<'static, Result<http::Response<wasmtime_wasi_http::WasiBody>, wasmtime_wasi_http::Error>>
+    {
+        let app = self.0.upgrade();
+        Box::pin(async move {
+            let Some(app) = app else { return Err(wasmtime_wasi_http::Error::DestinationUnavailable) };
+            let caller = Caller { peer: origin.client, https: false, connection: None, origin: Some(origin) };
+            let response = handle(app, request, caller).await;
+            Ok(response.map(|body| {
+                use http_body_util::BodyExt;
+                body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))).boxed_unsync()
+            }))
+        })
+    }
 }
 
 /// The request body, cut off with an error once it passes the route's

@@ -57,15 +57,13 @@ pub struct ServerSettings {
     /// Address of the admin listener (`/healthz`, `/metrics`, reload), or
     /// `None` for no admin listener. Default `127.0.0.1:3001`.
     pub admin_listen: Option<SocketAddr>,
-    /// Open connections at most; further ones are closed at once. Default
-    /// 10,000: an idle connection is cheap, the concurrency limit is what
-    /// protects the instances.
-    pub max_connections: usize,
-    /// A client must send its request headers within this. Default 10 s.
-    pub header_read_timeout: Duration,
-    /// Largest request head (request line and headers), in bytes; larger
-    /// gets 431. Default 32 KiB.
-    pub max_header_bytes: usize,
+    /// Bearer token the admin listener requires (required when it listens
+    /// on an address that is not loopback). Default: none.
+    pub admin_auth: Option<AuthSpec>,
+    /// Bounds on connections: counts, deadlines, header size.
+    pub connections: ConnectionSettings,
+    /// Who a request is from, and what one client may hold.
+    pub clients: ClientSettings,
     /// Largest request body, in bytes, unless a route says otherwise; larger
     /// gets 413. Default 10 MiB.
     pub max_request_body_bytes: u64,
@@ -77,9 +75,54 @@ pub struct ServerSettings {
     pub client_rate_limit: Option<RateLimitSpec>,
     /// The outbound HTTP client's settings (`[outbound]`).
     pub outbound: OutboundSettings,
-    /// Take the client address from this header (the right-most address in
-    /// it), for a server behind a trusted proxy. Default: the socket's peer.
-    pub trusted_proxy_header: Option<http::HeaderName>,
+    /// How many `http://self` requests deep a chain may go; deeper ones get
+    /// 508 Loop Detected. Default 4.
+    pub max_self_hops: u32,
+}
+
+/// Bounds on inbound connections (all in `[server]`).
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Open connections at most; further ones are closed at once. Default
+    /// 10,000: an idle connection is cheap, the concurrency limit is what
+    /// protects the instances.
+    pub max_connections: usize,
+    /// Open connections from one peer address at most (0: no cap). Default
+    /// half of `max_connections`.
+    pub max_connections_per_client: usize,
+    /// From accept, the TLS handshake, protocol detection and the first
+    /// request head must be done within this; later, a request head must
+    /// arrive within this of its first byte. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// An idle connection (no request in flight) is closed after this; an
+    /// HTTP/2 one gets GOAWAY. Default 60 s.
+    pub keepalive_timeout: Duration,
+    /// A response the client takes no bytes of for this long has its
+    /// connection closed and its guest aborted. Default 60 s.
+    pub send_timeout: Duration,
+    /// HTTP/2: a PING after this much silence from the client... Default 30 s.
+    pub http2_ping_interval: Duration,
+    /// ...and the connection is closed if the PING is not answered within
+    /// this. Default 20 s.
+    pub http2_ping_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once. Default 100.
+    pub http2_max_concurrent_streams: u32,
+    /// Largest request head (request line and headers), in bytes; larger
+    /// gets 431. Default 32 KiB.
+    pub max_header_bytes: usize,
+}
+
+/// Client identity and per-client shares (all in `[server]`).
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Proxies (CIDRs) whose forwarded header is believed. Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy puts the client address in. Default
+    /// `x-forwarded-for`.
+    pub trusted_proxy_header: http::HeaderName,
+    /// Requests in flight from one client address at most (0: no cap);
+    /// more get 503. Default half of `max_concurrent_requests`.
+    pub max_requests_in_flight_per_client: usize,
 }
 
 /// The `[outbound]` table: the shared client behind
@@ -299,14 +342,24 @@ struct RawServer {
     threads: Option<usize>,
     shutdown_timeout_secs: Option<f64>,
     admin_listen: Option<String>,
+    admin_auth: Option<RawAuth>,
     max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
     header_read_timeout_secs: Option<f64>,
+    keepalive_timeout_secs: Option<f64>,
+    send_timeout_secs: Option<f64>,
+    http2_ping_interval_secs: Option<f64>,
+    http2_ping_timeout_secs: Option<f64>,
+    http2_max_concurrent_streams: Option<u32>,
     max_header_bytes: Option<usize>,
     max_request_body_bytes: Option<u64>,
     tls: Option<RawTls>,
     rate_limit: Option<RawRateLimit>,
     client_rate_limit: Option<RawRateLimit>,
+    trusted_proxies: Option<Vec<String>>,
     trusted_proxy_header: Option<String>,
+    max_requests_in_flight_per_client: Option<usize>,
+    max_self_hops: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -496,7 +549,7 @@ impl ServerSettings {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let admin_listen = match raw.admin_listen.as_deref() {
+        let admin_listen: Option<SocketAddr> = match raw.admin_listen.as_deref() {
             None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
             Some("off") => None,
             Some(addr) => Some(addr.parse().map_err(|_| {
@@ -509,23 +562,45 @@ impl ServerSettings {
         if max_header_bytes < 8192 {
             bail!("server.max_header_bytes must be at least 8192, not {max_header_bytes}");
         }
-        let trusted_proxy_header = raw
-            .trusted_proxy_header
-            .map(|name| {
-                http::HeaderName::try_from(name.as_str()).map_err(|_| {
-                    anyhow::anyhow!("server.trusted_proxy_header: {name:?} is not a header name")
-                })
-            })
-            .transpose()?;
+        let secs = |value, default, field: &str| {
+            parse_secs(value, Duration::from_secs(default), &format!("server.{field}"))
+        };
+        let max_connections = raw.max_connections.unwrap_or(10_000).max(1);
+        let connections = ConnectionSettings {
+            max_connections,
+            max_connections_per_client: raw.max_connections_per_client.unwrap_or(max_connections.div_ceil(2)),
+            header_read_timeout: secs(raw.header_read_timeout_secs, 10, "header_read_timeout_secs")?,
+            keepalive_timeout: secs(raw.keepalive_timeout_secs, 60, "keepalive_timeout_secs")?,
+            send_timeout: secs(raw.send_timeout_secs, 60, "send_timeout_secs")?,
+            http2_ping_interval: secs(raw.http2_ping_interval_secs, 30, "http2_ping_interval_secs")?,
+            http2_ping_timeout: secs(raw.http2_ping_timeout_secs, 20, "http2_ping_timeout_secs")?,
+            http2_max_concurrent_streams: match raw.http2_max_concurrent_streams {
+                Some(0) => bail!("server.http2_max_concurrent_streams must be at least 1"),
+                Some(n) => n,
+                None => 100,
+            },
+            max_header_bytes,
+        };
+        let clients = ClientSettings::from_raw(
+            raw.trusted_proxies,
+            raw.trusted_proxy_header,
+            raw.max_requests_in_flight_per_client.unwrap_or(max_concurrent_requests.div_ceil(2)),
+        )?;
+        let admin_auth = raw.admin_auth.map(|a| a.validate(dir)).transpose().context("server.admin_auth")?;
+        if let Some(admin) = admin_listen
+            && !admin.ip().is_loopback()
+            && admin_auth.is_none()
+        {
+            bail!(
+                "server.admin_listen {admin} is not a loopback address: set server.admin_auth \
+                 (bearer_token_env or bearer_token_file) so that only operators can reload the app"
+            );
+        }
         Ok(Self {
             admin_listen,
-            max_connections: raw.max_connections.unwrap_or(10_000).max(1),
-            header_read_timeout: parse_secs(
-                raw.header_read_timeout_secs,
-                Duration::from_secs(10),
-                "server.header_read_timeout_secs",
-            )?,
-            max_header_bytes,
+            admin_auth,
+            connections,
+            clients,
             max_request_body_bytes: raw.max_request_body_bytes.unwrap_or(10 << 20),
             tls: raw.tls.map(|t| TlsFiles { cert: dir.join(t.cert), key: dir.join(t.key) }),
             rate_limit: raw.rate_limit.map(|r| r.validate("server.rate_limit")).transpose()?,
@@ -533,8 +608,8 @@ impl ServerSettings {
                 .client_rate_limit
                 .map(|r| r.validate("server.client_rate_limit"))
                 .transpose()?,
-            trusted_proxy_header,
             outbound: OutboundSettings::from_raw(RawOutbound::default(), dir)?,
+            max_self_hops: raw.max_self_hops.unwrap_or(4),
             listen,
             data_dir: dir.join(raw.data_dir.unwrap_or_else(|| ".wharf".into())),
             key_value: raw.key_value.unwrap_or(KeyValueBackendKind::Redb),
@@ -547,6 +622,39 @@ impl ServerSettings {
                 "server.shutdown_timeout_secs",
             )?,
         })
+    }
+}
+
+impl ClientSettings {
+    fn from_raw(
+        trusted_proxies: Option<Vec<String>>,
+        header: Option<String>,
+        max_requests_in_flight_per_client: usize,
+    ) -> Result<Self> {
+        let trusted_proxies: Vec<ipnet::IpNet> = trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "server.trusted_proxies: {entry:?} is not an address or a CIDR like \"10.0.0.0/8\""
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?;
+        if header.is_some() && trusted_proxies.is_empty() {
+            bail!(
+                "server.trusted_proxy_header needs server.trusted_proxies: the addresses (CIDRs) of the \
+                 proxies allowed to set it; from anyone else it is ignored"
+            );
+        }
+        let header = header.as_deref().unwrap_or("x-forwarded-for");
+        let trusted_proxy_header = http::HeaderName::try_from(header)
+            .map_err(|_| anyhow::anyhow!("server.trusted_proxy_header: {header:?} is not a header name"))?;
+        Ok(Self { trusted_proxies, trusted_proxy_header, max_requests_in_flight_per_client })
     }
 }
 

@@ -15,7 +15,7 @@ pub mod rate_limit;
 pub mod workers;
 
 pub use auth::BearerAuth;
-pub use client::client_addr;
+pub use client::{ClientIdentity, ClientSlot, PerClient};
 pub use rate_limit::{ClientLimiter, Limiter};
 pub use workers::WorkerPool;
 
@@ -44,6 +44,9 @@ pub enum Rejection {
     /// The server is serving `max_concurrent_requests` already.
     #[error("overloaded: max_concurrent_requests reached")]
     Overloaded,
+    /// This client has `max_requests_in_flight_per_client` in flight.
+    #[error("overloaded: max_requests_in_flight_per_client reached")]
+    ClientOverloaded,
     /// The route's workers are busy and its queue is full.
     #[error("overloaded: worker queue full")]
     QueueFull,
@@ -53,6 +56,16 @@ pub enum Rejection {
         /// The route's limit, in bytes.
         limit: u64,
     },
+    /// The request is malformed in a way Wharf will not pass on (an
+    /// ambiguous path, say).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A chain of `http://self` requests went past the hop limit.
+    #[error("loop detected: more than {limit} self-requests deep")]
+    LoopDetected {
+        /// The hop limit.
+        limit: u32,
+    },
 }
 
 impl Rejection {
@@ -61,8 +74,10 @@ impl Rejection {
         match self {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Overloaded | Self::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::ClientOverloaded | Self::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -74,8 +89,11 @@ impl Rejection {
             Self::RateLimited { .. } => "rate_limited_route",
             Self::Unauthorized => "unauthorized",
             Self::Overloaded => "overloaded",
+            Self::ClientOverloaded => "client_overloaded",
             Self::QueueFull => "queue_full",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BadRequest(_) => "bad_request",
+            Self::LoopDetected { .. } => "loop_detected",
         }
     }
 
@@ -83,8 +101,11 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } => Some(*retry_after),
-            Self::Overloaded | Self::QueueFull => Some(Duration::from_secs(1)),
-            Self::Unauthorized | Self::BodyTooLarge { .. } => None,
+            Self::Overloaded | Self::ClientOverloaded | Self::QueueFull => Some(Duration::from_secs(1)),
+            Self::Unauthorized
+            | Self::BodyTooLarge { .. }
+            | Self::BadRequest(_)
+            | Self::LoopDetected { .. } => None,
         }
     }
 }
@@ -94,16 +115,53 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
 }
 
-/// The server-wide admission state: the concurrency limit, the global and
-/// per-client buckets, and the connection cap.
+/// The server-wide admission state: who a request is from, the
+/// concurrency limit and each client's share of it, the global and
+/// per-client buckets, and the connection caps.
 pub struct Admission {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     connections: Arc<Semaphore>,
+    connections_per_client: PerClient,
+    in_flight_per_client: PerClient,
+    /// How the client address of a request is found.
+    pub identity: ClientIdentity,
     /// The server's token bucket.
     pub global_limit: Option<Limiter>,
     /// The per-client-address limiter.
     pub client_limit: Option<Arc<ClientLimiter>>,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// `max_connections` are open.
+    ServerFull,
+    /// This peer has `max_connections_per_client` open.
+    ClientFull,
+}
+
+impl ConnectionRefusal {
+    /// Short label for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::ServerFull => "max_connections",
+            Self::ClientFull => "max_connections_per_client",
+        }
+    }
+}
+
+/// What an open connection holds: a slot under both connection caps.
+pub struct ConnectionSlots {
+    _server: OwnedSemaphorePermit,
+    _client: ClientSlot,
+}
+
+/// What a request in flight holds: a slot under the concurrency limit and
+/// one of its client's. They live as long as the instance.
+pub struct RequestSlots {
+    _server: OwnedSemaphorePermit,
+    _client: ClientSlot,
 }
 
 impl Admission {
@@ -117,7 +175,10 @@ impl Admission {
         Self {
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             max_in_flight: settings.max_concurrent_requests,
-            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            connections: Arc::new(Semaphore::new(settings.connections.max_connections)),
+            connections_per_client: PerClient::new(settings.connections.max_connections_per_client),
+            in_flight_per_client: PerClient::new(settings.clients.max_requests_in_flight_per_client),
+            identity: ClientIdentity::new(&settings.clients),
             global_limit: settings.rate_limit.as_ref().map(|spec| Limiter::new(spec, "global")),
             client_limit,
         }
@@ -134,9 +195,12 @@ impl Admission {
         Ok(())
     }
 
-    /// A slot under `max_concurrent_requests`, without waiting.
-    pub fn try_admit(&self) -> Result<OwnedSemaphorePermit, Rejection> {
-        self.permits.clone().try_acquire_owned().map_err(|_| Rejection::Overloaded)
+    /// A slot under `max_requests_in_flight_per_client` for `client` and
+    /// one under `max_concurrent_requests`, without waiting.
+    pub fn try_admit(&self, client: IpAddr) -> Result<RequestSlots, Rejection> {
+        let client = self.in_flight_per_client.try_acquire(client).ok_or(Rejection::ClientOverloaded)?;
+        let server = self.permits.clone().try_acquire_owned().map_err(|_| Rejection::Overloaded)?;
+        Ok(RequestSlots { _server: server, _client: client })
     }
 
     /// Requests holding a slot now.
@@ -144,9 +208,18 @@ impl Admission {
         self.max_in_flight - self.permits.available_permits()
     }
 
-    /// A connection slot under `max_connections`, if one is free.
-    pub fn try_connection(&self) -> Option<OwnedSemaphorePermit> {
-        self.connections.clone().try_acquire_owned().ok()
+    /// A connection slot for `peer` under `max_connections` and
+    /// `max_connections_per_client`, or why not.
+    pub fn try_connection(&self, peer: IpAddr) -> Result<ConnectionSlots, ConnectionRefusal> {
+        let client = self.connections_per_client.try_acquire(peer).ok_or(ConnectionRefusal::ClientFull)?;
+        let server =
+            self.connections.clone().try_acquire_owned().map_err(|_| ConnectionRefusal::ServerFull)?;
+        Ok(ConnectionSlots { _server: server, _client: client })
+    }
+
+    /// Requests `client` has in flight now.
+    pub fn in_flight_of(&self, client: IpAddr) -> usize {
+        self.in_flight_per_client.held_by(client)
     }
 }
 
@@ -167,19 +240,30 @@ fn start_client_limiter_eviction(limiter: &Arc<ClientLimiter>, window: Duration)
 /// A route's own policies, built when the route is loaded.
 pub struct RoutePolicy {
     /// The route's token bucket.
-    pub rate_limit: Option<Limiter>,
+    pub rate_limit: Option<Arc<Limiter>>,
     /// The route's worker pool.
-    pub workers: Option<WorkerPool>,
+    pub workers: Option<Arc<WorkerPool>>,
     /// The route's bearer token.
     pub auth: Option<BearerAuth>,
 }
 
 impl RoutePolicy {
     /// Builds the policies `spec` asks for (reading the token, if any).
-    pub fn from_spec(spec: &RouteSpec) -> Result<Self> {
+    /// State that `previous` (the same route before a reload) already has
+    /// under the same settings carries over: its bucket keeps its tokens,
+    /// its worker pool its running and queued requests.
+    pub fn from_spec(spec: &RouteSpec, previous: Option<(&RouteSpec, &RoutePolicy)>) -> Result<Self> {
+        let same_rate = previous.filter(|(old, _)| old.rate_limit == spec.rate_limit);
+        let same_workers = previous.filter(|(old, _)| old.workers == spec.workers);
         Ok(Self {
-            rate_limit: spec.rate_limit.as_ref().map(|r| Limiter::new(r, "route")),
-            workers: spec.workers.map(WorkerPool::new),
+            rate_limit: match same_rate {
+                Some((_, old)) => old.rate_limit.clone(),
+                None => spec.rate_limit.as_ref().map(|r| Arc::new(Limiter::new(r, "route"))),
+            },
+            workers: match same_workers {
+                Some((_, old)) => old.workers.clone(),
+                None => spec.workers.map(|w| Arc::new(WorkerPool::new(w))),
+            },
             auth: spec.auth.as_ref().map(BearerAuth::load).transpose()?,
         })
     }

@@ -7,18 +7,25 @@
 //! The guest task is tied to the response: if the request future or the
 //! response body is dropped before the body ends (the client disconnected),
 //! or a deadline passes, the task is aborted and its instance freed at once.
+//! Whatever the client does, an instance lives at most the route's
+//! `max_duration` from the moment it is created: headers, body and any work
+//! the guest does after its response (or after dropping its response
+//! outparam) all count, and the slots it holds (admission, worker) are
+//! released when it is killed.
 
 use super::Runtime;
 use super::component::{HandlerPre, LoadedComponent};
 use super::host::{Host, LiveInstance};
 use crate::capabilities::keyvalue::KeyValueCtx;
-use crate::capabilities::outbound::OutboundHooks;
+use crate::capabilities::outbound::{Origin, OutboundHooks};
 use crate::telemetry::record::{BoxError, DeadlineExceeded};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::task::AbortHandle;
@@ -43,7 +50,8 @@ pub enum InvokeError {
     /// The guest trapped before sending response headers.
     #[error("guest trapped: {0}")]
     Trapped(String),
-    /// The guest returned without setting a response.
+    /// The guest returned, or dropped its response outparam, without
+    /// setting a response.
     #[error("guest returned without a response")]
     NoResponse,
     /// The guest answered with a `wasi:http` error code.
@@ -52,6 +60,9 @@ pub enum InvokeError {
     /// No response headers before the route's deadline.
     #[error("no response headers before the route's timeout")]
     TimedOut,
+    /// The instance reached its lifetime bound (`max_duration_secs`).
+    #[error("instance killed at its lifetime bound")]
+    LifetimeExceeded,
 }
 
 impl InvokeError {
@@ -61,11 +72,16 @@ impl InvokeError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            Self::TimedOut | Self::LifetimeExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::Instantiation(_) | Self::Trapped(_) | Self::NoResponse | Self::GuestError(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
+    }
+
+    /// Whether a deadline caused it (logged as `timed_out`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::TimedOut | Self::LifetimeExceeded)
     }
 }
 
@@ -76,8 +92,40 @@ pub struct Deadlines {
     pub headers: Duration,
     /// Between two chunks of a streamed body.
     pub idle: Duration,
-    /// For the whole response.
+    /// For the whole response, and the instance's whole life.
     pub total: Duration,
+}
+
+/// What one instance is told about the request it serves.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// `https` when the request came over TLS.
+    pub https: bool,
+    /// Who the request is from, carried on to its `http://self` requests.
+    pub origin: Origin,
+    /// The request's id, for the instance's log lines.
+    pub request_id: Arc<str>,
+}
+
+/// What the guest task and the response body share about one instance:
+/// where it is in its life (for the lifetime bound's log line) and, once it
+/// has ended badly, how.
+struct InstanceShared {
+    phase: AtomicU8,
+    failed: OnceLock<&'static str>,
+}
+
+/// Where an instance is in its life.
+const BEFORE_HEADERS: u8 = 0;
+const STREAMING: u8 = 1;
+const AFTER_RESPONSE: u8 = 2;
+
+fn phase_name(phase: u8) -> &'static str {
+    match phase {
+        BEFORE_HEADERS => "before_headers",
+        STREAMING => "streaming",
+        _ => "after_response",
+    }
 }
 
 /// Runs `component` on `request` and returns its response, or the error
@@ -87,6 +135,7 @@ pub async fn invoke<B>(
     runtime: &Runtime,
     component: &Arc<LoadedComponent>,
     deadlines: Deadlines,
+    context: RequestContext,
     request: http::Request<B>,
     slots: impl Send + 'static,
 ) -> Result<http::Response<GuestBody>, InvokeError>
@@ -96,65 +145,98 @@ where
 {
     let started = Instant::now();
     let component = component.clone();
-    let mut store = new_store(runtime, &component);
+    let mut store = new_store(runtime, &component, &context);
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    let scheme = if context.https { Scheme::Https } else { Scheme::Http };
     let (incoming, outparam) = {
         let mut http = store.data_mut().http();
-        let incoming = http
-            .new_incoming_request(Scheme::Http, request)
-            .map_err(|e| InvokeError::BadRequest(e.to_string()))?;
+        let incoming =
+            http.new_incoming_request(scheme, request).map_err(|e| InvokeError::BadRequest(e.to_string()))?;
         let outparam =
             http.new_response_outparam(sender).map_err(|e| InvokeError::Instantiation(e.to_string()))?;
         (incoming, outparam)
     };
 
+    let shared = Arc::new(InstanceShared { phase: AtomicU8::new(BEFORE_HEADERS), failed: OnceLock::new() });
     let telemetry = runtime.telemetry.clone();
+    let task_shared = shared.clone();
     let task = tokio::spawn(async move {
         // Declared first, dropped last: the slots are free only once the
         // instance is gone, so a new request never meets a full pool.
         let _slots = slots;
         let mut store = store;
-        match &component.handler {
-            HandlerPre::P2(pre) => {
-                let instantiating = std::time::Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
-                telemetry.metrics.instantiated(instantiating.elapsed().as_secs_f64());
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
-                    .await
-                    .map_err(|e| InvokeError::Trapped(format!("{e:#}")))
+        let run = async {
+            match &component.handler {
+                HandlerPre::P2(pre) => {
+                    let instantiating = std::time::Instant::now();
+                    let proxy = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
+                    telemetry.metrics.instantiated(instantiating.elapsed().as_secs_f64());
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await
+                        .map_err(|e| InvokeError::Trapped(format!("{e:#}")))
+                }
             }
+        };
+        let result = tokio::select! {
+            result = run => result,
+            () = tokio::time::sleep_until(started + deadlines.total) => {
+                let phase = phase_name(task_shared.phase.load(Ordering::Acquire));
+                telemetry.metrics.instance_killed(phase);
+                tracing::warn!(
+                    component = %component.name_for_logs,
+                    request_id = %context.request_id,
+                    phase,
+                    outcome = "timed_out",
+                    limit = ?deadlines.total,
+                    "instance killed at its lifetime bound (the route's max_duration_secs)"
+                );
+                Err(InvokeError::LifetimeExceeded)
+            }
+        };
+        // Before the store (and with it the body's sender) is dropped: a
+        // body whose guest died must not look finished to the client.
+        if let Err(error) = &result {
+            let _ = task_shared.failed.set(if error.is_timeout() { "max duration" } else { "trapped" });
         }
+        drop(store);
+        result
     });
-    let guard = GuestTask { abort: task.abort_handle(), armed: true };
+    let guard = GuestTask { abort: task.abort_handle(), armed: true, shared: shared.clone() };
 
-    let headers = match tokio::time::timeout(deadlines.headers, receiver).await {
+    let headers_by = started + deadlines.headers;
+    let headers = match tokio::time::timeout_at(headers_by, receiver).await {
         Err(_elapsed) => {
             guard.abort();
             return Err(InvokeError::TimedOut);
         }
         Ok(Ok(headers)) => headers,
-        // The guest dropped its outparam without setting it: it returned or
-        // trapped. Its task says which.
+        // The guest dropped its outparam without setting it: it returned,
+        // trapped, or goes on without a response. Its task says which; one
+        // that goes on is left to its lifetime bound.
         Ok(Err(_closed)) => {
             guard.disarm();
-            return Err(match task.await {
-                Ok(Ok(())) => InvokeError::NoResponse,
-                Ok(Err(error)) => error,
-                Err(join_error) => InvokeError::Trapped(join_error.to_string()),
+            return Err(match tokio::time::timeout_at(headers_by, task).await {
+                Ok(Ok(Ok(()))) | Err(_) => InvokeError::NoResponse,
+                Ok(Ok(Err(error))) => error,
+                Ok(Err(join_error)) => InvokeError::Trapped(join_error.to_string()),
             });
         }
     };
     match headers {
-        Ok(response) => Ok(response.map(|body| GuestBody {
-            inner: body,
-            guard: Some(guard),
-            idle_timeout: deadlines.idle,
-            deadline: started + deadlines.total,
-            idle: None,
-            overall: None,
-        })),
+        Ok(response) => {
+            shared.phase.store(STREAMING, Ordering::Release);
+            Ok(response.map(|body| GuestBody {
+                inner: body,
+                shared,
+                guard: Some(guard),
+                idle_timeout: deadlines.idle,
+                deadline: started + deadlines.total,
+                idle: None,
+                overall: None,
+            }))
+        }
         Err(code) => {
             guard.disarm();
             Err(InvokeError::GuestError(format!("{code:?}")))
@@ -162,7 +244,7 @@ where
     }
 }
 
-fn new_store(runtime: &Runtime, component: &LoadedComponent) -> Store<Host> {
+fn new_store(runtime: &Runtime, component: &LoadedComponent, context: &RequestContext) -> Store<Host> {
     let capabilities = &runtime.capabilities;
     let key_value = KeyValueCtx {
         backend: capabilities.key_value.clone(),
@@ -176,6 +258,7 @@ fn new_store(runtime: &Runtime, component: &LoadedComponent) -> Store<Host> {
         client: capabilities.outbound.clone(),
         allowed: component.allowed_outbound_hosts.clone(),
         component: component.name_for_logs.clone(),
+        origin: context.origin,
     };
     let live = LiveInstance::new(runtime.telemetry.metrics.live_instances_gauge());
     let host = Host::new(component.config.clone(), key_value, limits, outbound, live);
@@ -206,12 +289,15 @@ fn instantiation_error(error: wasmtime::Error) -> InvokeError {
 struct GuestTask {
     abort: AbortHandle,
     armed: bool,
+    shared: Arc<InstanceShared>,
 }
 
 impl GuestTask {
-    /// The guest may finish on its own (its response is complete).
+    /// The guest may finish on its own (its response is complete), within
+    /// its lifetime bound.
     fn disarm(mut self) {
         self.armed = false;
+        self.shared.phase.store(AFTER_RESPONSE, Ordering::Release);
     }
 
     /// Stops the guest now.
@@ -229,10 +315,16 @@ impl Drop for GuestTask {
     }
 }
 
+/// A response body whose guest trapped before finishing it.
+#[derive(Debug, thiserror::Error)]
+#[error("guest trapped while streaming its response")]
+pub struct GuestFailed;
+
 /// The guest's response body, with the stream deadlines; ending it normally
 /// disarms the abort guard, dropping it early aborts the guest.
 pub struct GuestBody {
     inner: HyperOutgoingBody,
+    shared: Arc<InstanceShared>,
     guard: Option<GuestTask>,
     idle_timeout: Duration,
     deadline: Instant,
@@ -267,18 +359,28 @@ impl Body for GuestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                if let Some(guard) = self.guard.take() {
-                    guard.disarm();
+            // A body whose instance was dropped unfinished ends like a
+            // finished one; the instance says which it was.
+            Poll::Ready(None) => match self.shared.failed.get() {
+                None => {
+                    if let Some(guard) = self.guard.take() {
+                        guard.disarm();
+                    }
+                    Poll::Ready(None)
                 }
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(frame)) => {
+                Some(&"max duration") => Poll::Ready(Some(Err(Box::new(DeadlineExceeded("max duration"))))),
+                Some(_) => Poll::Ready(Some(Err(Box::new(GuestFailed)))),
+            },
+            Poll::Ready(Some(Err(error))) => match self.shared.failed.get() {
+                Some(&"max duration") => Poll::Ready(Some(Err(Box::new(DeadlineExceeded("max duration"))))),
+                _ => Poll::Ready(Some(Err(error.into()))),
+            },
+            Poll::Ready(Some(Ok(frame))) => {
                 let next = Instant::now() + self.idle_timeout;
                 if let Some(idle) = &mut self.idle {
                     idle.as_mut().reset(next);
                 }
-                Poll::Ready(Some(frame.map_err(Into::into)))
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => match self.expired(cx) {
                 None => Poll::Pending,

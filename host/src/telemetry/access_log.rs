@@ -94,22 +94,78 @@ impl AccessLog {
 fn pretty(out: &mut String, line: &AccessLine<'_>) {
     timestamp(out);
     let level = if line.error { "ERROR" } else { " INFO" };
-    let _ = write!(out, " {level} wharf::access: request method={} path={}", line.method, line.path);
+    let _ = write!(out, " {level} wharf::access: request method=");
+    escape_into(out, line.method);
+    out.push_str(" path=");
+    escape_into(out, line.path);
     if let Some(route) = line.route {
-        let _ = write!(out, " route={route}");
+        out.push_str(" route=");
+        escape_into(out, route);
     }
     if let Some(status) = line.status {
         let _ = write!(out, " status={status}");
     }
     let _ = write!(
         out,
-        " latency_ms={:.3} bytes_out={} client={} request_id={} outcome={}",
-        line.latency_ms, line.bytes_out, line.client, line.request_id, line.outcome
+        " latency_ms={:.3} bytes_out={} client={} request_id=",
+        line.latency_ms, line.bytes_out, line.client
     );
+    escape_into(out, line.request_id);
+    let _ = write!(out, " outcome={}", line.outcome);
     if let Some(reason) = line.reason {
-        let _ = write!(out, " reason={reason:?}");
+        out.push_str(" reason=\"");
+        escape_into(out, reason);
+        out.push('"');
     }
     out.push('\n');
+}
+
+/// Whether `c` could break a log line or forge one: control characters
+/// (C0, DEL, C1 such as NEL) and Unicode line and paragraph separators.
+fn is_line_breaking(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Writes `text` with every line-breaking character (and `"` and `\`)
+/// escaped, so one request is always one line.
+pub fn escape_into(out: &mut String, text: &str) {
+    if !text.chars().any(|c| is_line_breaking(c) || c == '"' || c == '\\') {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if is_line_breaking(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes `text` as a JSON string; beyond what JSON requires, DEL, C1
+/// controls and the Unicode line separators are escaped too.
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_line_breaking(c) => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn json(out: &mut String, line: &AccessLine<'_>) {
@@ -119,7 +175,7 @@ fn json(out: &mut String, line: &AccessLine<'_>) {
         write!(out, "\",\"level\":\"{}\",\"message\":\"request\"", if line.error { "ERROR" } else { "INFO" });
     let text = |out: &mut String, key: &str, value: &str| {
         let _ = write!(out, ",\"{key}\":");
-        out.push_str(&serde_json::Value::from(value).to_string());
+        json_string(out, value);
     };
     text(out, "method", line.method);
     text(out, "path", line.path);
@@ -210,5 +266,36 @@ mod tests {
         json(&mut out, &line);
         let value: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!((value["path"].as_str(), value["status"].as_u64()), (Some("/a\"b"), Some(200)));
+    }
+
+    #[test]
+    fn nothing_a_client_or_guest_sends_can_break_or_forge_a_line() {
+        let hostile = "/x\n2026-01-01T00:00:00Z  INFO forged\r\u{2028}\u{2029}\u{85}\u{7f}\u{1b}[31m\"\\";
+        let line = AccessLine {
+            error: true,
+            method: "GET",
+            path: hostile,
+            route: Some(hostile),
+            status: Some(500),
+            latency_ms: 1.0,
+            bytes_out: 0,
+            client: "127.0.0.1".parse().unwrap(),
+            request_id: hostile,
+            outcome: "failed",
+            reason: Some(hostile),
+        };
+        for format in [AccessLogFormat::Pretty, AccessLogFormat::Json] {
+            let mut out = String::new();
+            match format {
+                AccessLogFormat::Pretty => pretty(&mut out, &line),
+                AccessLogFormat::Json => json(&mut out, &line),
+            }
+            let body = out.strip_suffix('\n').unwrap();
+            assert!(!body.chars().any(is_line_breaking), "{format:?}: {out:?}");
+            if format == AccessLogFormat::Json {
+                let value: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(value["path"], hostile, "JSON escapes round-trip");
+            }
+        }
     }
 }

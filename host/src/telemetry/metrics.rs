@@ -47,6 +47,11 @@ struct HostLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Phase {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadResult {
     result: &'static str,
 }
@@ -140,6 +145,9 @@ pub struct Metrics {
     queue_depth: Family<RouteLabel, Gauge>,
     components: Family<ComponentInfo, Gauge>,
     reloads: Family<ReloadResult, Counter>,
+    instances_killed: Family<Phase, Counter>,
+    connections_refused: Family<Reason, Counter>,
+    connections_timed_out: Family<Reason, Counter>,
     /// Outbound HTTP metrics.
     pub outbound: Arc<OutboundMetrics>,
 }
@@ -200,8 +208,29 @@ impl Default for Metrics {
             "Component and manifest reloads, by result (ok or rejected)",
             reloads.clone(),
         );
+        let instances_killed = Family::<Phase, Counter>::default();
+        registry.register(
+            "instances_killed",
+            "Instances killed at their lifetime bound (max_duration_secs), by phase",
+            instances_killed.clone(),
+        );
+        let connections_refused = Family::<Reason, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, by the cap they met",
+            connections_refused.clone(),
+        );
+        let connections_timed_out = Family::<Reason, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections ended by a deadline (header, keepalive, send, response)",
+            connections_timed_out.clone(),
+        );
         let outbound = Arc::new(OutboundMetrics::register(&mut registry));
         Self {
+            instances_killed,
+            connections_refused,
+            connections_timed_out,
             registry,
             requests,
             requests_ended,
@@ -272,6 +301,36 @@ impl Metrics {
     /// Reloads counted so far with this result.
     pub fn reloads(&self, ok: bool) -> u64 {
         self.reloads.get_or_create(&ReloadResult { result: if ok { "ok" } else { "rejected" } }).get()
+    }
+
+    /// Counts an instance killed at its lifetime bound in `phase`.
+    pub fn instance_killed(&self, phase: &'static str) {
+        self.instances_killed.get_or_create(&Phase { phase }).inc();
+    }
+
+    /// Instances killed at their lifetime bound in `phase` so far.
+    pub fn instances_killed(&self, phase: &'static str) -> u64 {
+        self.instances_killed.get_or_create(&Phase { phase }).get()
+    }
+
+    /// Counts a connection refused at accept for `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Connections refused for `reason` so far.
+    pub fn connections_refused(&self, reason: &'static str) -> u64 {
+        self.connections_refused.get_or_create(&Reason { reason }).get()
+    }
+
+    /// Counts a connection ended by its `reason` deadline.
+    pub fn connection_timed_out(&self, reason: &'static str) {
+        self.connections_timed_out.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Connections ended by their `reason` deadline so far.
+    pub fn connections_timed_out(&self, reason: &'static str) -> u64 {
+        self.connections_timed_out.get_or_create(&Reason { reason }).get()
     }
 
     /// Records one instantiation's duration.

@@ -20,6 +20,10 @@ use std::time::Instant;
 /// Error type of the response bodies a record follows.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Set (once) to the reason a connection was ended by one of its deadlines;
+/// a record whose request it cut off logs it as timed out, not cancelled.
+pub type EndedBy = Arc<std::sync::OnceLock<&'static str>>;
+
 /// A response body ended by one of its deadlines; the record counts the
 /// request as timed out rather than failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,7 @@ pub struct RequestRecord {
     bytes_out: u64,
     outcome: Option<Outcome>,
     reason: Option<String>,
+    connection_ended_by: Option<EndedBy>,
 }
 
 impl RequestRecord {
@@ -77,7 +82,14 @@ impl RequestRecord {
             bytes_out: 0,
             outcome: None,
             reason: None,
+            connection_ended_by: None,
         }
+    }
+
+    /// Follows the request's connection: if a connection deadline ends it
+    /// before the response does, the request is logged as timed out.
+    pub fn watch_connection(&mut self, ended_by: EndedBy) {
+        self.connection_ended_by = Some(ended_by);
     }
 
     /// Notes why the request was rejected or failed (logged, never sent).
@@ -112,7 +124,15 @@ impl RequestRecord {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
+        let ended_by = self.connection_ended_by.as_ref().and_then(|e| e.get().copied());
+        let outcome = match (self.outcome, ended_by) {
+            (Some(outcome), _) => outcome,
+            (None, Some(reason)) => {
+                self.reason = Some(format!("connection ended by its {reason}"));
+                Outcome::TimedOut
+            }
+            (None, None) => Outcome::Cancelled,
+        };
         let metrics = &self.telemetry.metrics;
         match outcome {
             Outcome::Cancelled => metrics.cancelled(),

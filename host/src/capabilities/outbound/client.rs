@@ -16,7 +16,6 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
@@ -29,8 +28,8 @@ pub struct OutboundClient {
     client: Client<TimedConnector, WasiBody>,
     settings: OutboundSettings,
     pub(super) metrics: Arc<OutboundMetrics>,
-    /// Wharf's own listener, for `self` requests (set when serving starts).
-    pub self_addr: OnceLock<SocketAddr>,
+    /// Where `http://self` requests go (set when serving starts).
+    pub self_dispatch: OnceLock<Arc<dyn super::SelfDispatch>>,
 }
 
 impl OutboundClient {
@@ -78,7 +77,7 @@ impl OutboundClient {
             .pool_max_idle_per_host(settings.max_idle_per_host)
             .pool_idle_timeout(settings.idle_timeout)
             .build(connector);
-        Ok(Self { client, settings: settings.clone(), metrics, self_addr: OnceLock::new() })
+        Ok(Self { client, settings: settings.clone(), metrics, self_dispatch: OnceLock::new() })
     }
 
     /// Sends `request` (already allowed) and returns the response, whose

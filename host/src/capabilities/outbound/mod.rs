@@ -16,22 +16,49 @@ mod client;
 pub use client::OutboundClient;
 
 use crate::manifest::AllowList;
+use futures::future::BoxFuture;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+/// Where a request to `http://self` goes: the app itself, in process
+/// (installed by the HTTP layer when it starts serving), so self-requests
+/// work over whatever listener the app has, TLS included, and carry their
+/// origin with them.
+pub trait SelfDispatch: Send + Sync + 'static {
+    /// Serves `request` as if `origin`'s client had sent it.
+    fn dispatch(
+        &self,
+        request: http::Request<WasiBody>,
+        origin: Origin,
+    ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>>;
+}
+
+/// The request an instance serves, as its `http://self` requests carry it
+/// on: who the client was and how many self-requests deep it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The client the original request came from.
+    pub client: IpAddr,
+    /// Self-requests between the client's request and this one (0: the
+    /// client's own).
+    pub hops: u32,
+}
+
 /// The `wasi:http` hooks of one instance: the allow-list check, `self`
-/// resolution and the shared client.
+/// dispatch and the shared client.
 pub struct OutboundHooks {
     pub(crate) client: Arc<OutboundClient>,
     pub(crate) allowed: Arc<AllowList>,
     pub(crate) component: Arc<str>,
+    pub(crate) origin: Origin,
 }
 
 impl WasiHttpHooks for OutboundHooks {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
@@ -53,19 +80,20 @@ impl WasiHttpHooks for OutboundHooks {
             client.metrics.denied(&format!("{host}:{port}"));
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let no_body_result = || Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
         if host == "self" {
-            let Some(addr) = client.self_addr.get().copied() else {
+            let Some(dispatch) = client.self_dispatch.get().cloned() else {
                 return Box::new(async { Err(HttpError::DestinationUnavailable) });
             };
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            match format!("http://{addr}{path}").parse() {
-                Ok(uri) => *request.uri_mut() = uri,
-                Err(_) => return Box::new(async { Err(HttpError::HttpRequestUriInvalid) }),
-            }
+            let origin = self.origin;
+            return Box::new(async move {
+                let response = dispatch.dispatch(request, origin).await?;
+                Ok((response, no_body_result()))
+            });
         }
         Box::new(async move {
             let response = client.send(request, options).await?;
-            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+            Ok((response, no_body_result()))
         })
     }
 }
