@@ -215,7 +215,7 @@ pub async fn send(client: &HttpClient, request: http::Request<Full<Bytes>>) -> R
 /// Releases every `hold` request waiting for `key` (writes it to the
 /// key-value store directly, so it works even when the server is full).
 pub async fn release(server: &TestServer, key: &str) {
-    server.app.key_value().set("default".into(), key.into(), b"1".to_vec()).await.unwrap();
+    server.app.key_value().set_many("default".into(), vec![(key.into(), b"1".to_vec())]).await.unwrap();
 }
 
 /// GETs `url` with `client` and reads the whole body.

@@ -412,8 +412,11 @@ async fn a_truncated_cache_entry_is_rebuilt_not_loaded() {
     assert_eq!(outcome(&server), CacheOutcome::Hit, "a restart skips compilation");
     server.stop().await;
 
-    let entries: Vec<_> =
-        std::fs::read_dir(dir.path().join(".wharf/cache")).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join(".wharf/cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
     assert_eq!(entries.len(), 1);
     let full_size = std::fs::metadata(&entries[0]).unwrap().len();
     let bytes = std::fs::read(&entries[0]).unwrap();

@@ -5,6 +5,7 @@ mod admission;
 mod foundation;
 mod harness;
 mod hostile_clients;
+mod hostile_components;
 mod keyvalue;
 mod lifecycle;
 mod manifest_ui;

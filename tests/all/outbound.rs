@@ -120,13 +120,7 @@ async fn hosts_off_the_allow_list_are_denied() {
     assert_eq!(reply.json()["results"][0]["error"], "ErrorCode::HttpRequestDenied");
     assert_eq!(upstream.accepted(), 0, "nothing reached the upstream");
     let metrics = get(&http1_client(), &server.admin_url("/metrics")).await.body;
-    assert!(
-        metrics.contains(&format!(
-            "wharf_outbound_denied_total{{host=\"localhost:{}\"}} 1",
-            upstream.addr.port()
-        )),
-        "{metrics}"
-    );
+    assert!(metrics.contains("wharf_outbound_denied_total 1"), "{metrics}");
     server.stop().await;
 }
 

@@ -2,7 +2,9 @@
 //! TLS, counting the connections they accept. Paths: `/ok`, `/delay?ms=N`,
 //! `/fail` (500), `/hang` (never answers), `/barrier?key=K&n=N` (answers
 //! once N requests with key K are waiting: only concurrent callers get
-//! through), `/stall-body` (sends its headers, never its body). Beside
+//! through), `/stall-body` (sends its headers, never its body), `/switchable`
+//! (500 or 200, as [`Upstream::set_failing`] says; counted in
+//! [`Upstream::switchable_hits`]). Beside
 //! them, a [`Silent`] listener that accepts and never speaks, and an
 //! [`Unaccepting`] one whose backlog is full, so connecting hangs.
 
@@ -21,7 +23,15 @@ use tokio::sync::watch;
 pub struct Upstream {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    switch: Arc<Switch>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What `/switchable` answers, and how often it was asked.
+#[derive(Default)]
+struct Switch {
+    failing: std::sync::atomic::AtomicBool,
+    hits: AtomicUsize,
 }
 
 impl Upstream {
@@ -35,14 +45,18 @@ impl Upstream {
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         let barriers: Barriers = Arc::default();
+        let switch = Arc::new(Switch::default());
+        let task_switch = switch.clone();
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
                 let tls = tls.clone();
                 let barriers = barriers.clone();
+                let switch = task_switch.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(request, barriers.clone()));
+                    let service =
+                        service_fn(move |request| answer(request, barriers.clone(), switch.clone()));
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
@@ -59,7 +73,17 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, accepted, task }
+        Self { addr, accepted, switch, task }
+    }
+
+    /// Makes `/switchable` answer 500 (`true`) or 200.
+    pub fn set_failing(&self, failing: bool) {
+        self.switch.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Requests `/switchable` has answered.
+    pub fn switchable_hits(&self) -> usize {
+        self.switch.hits.load(Ordering::SeqCst)
     }
 
     /// `http://ADDR{path}`.
@@ -87,6 +111,7 @@ type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 async fn answer(
     request: http::Request<hyper::body::Incoming>,
     barriers: Barriers,
+    switch: Arc<Switch>,
 ) -> Result<http::Response<UpstreamBody>, Infallible> {
     use http_body_util::BodyExt;
     let query = request.uri().query().unwrap_or("");
@@ -121,6 +146,14 @@ async fn answer(
                 Result<http_body::Frame<Bytes>, Infallible>,
             >());
             Ok(http::Response::new(body.boxed()))
+        }
+        "/switchable" => {
+            switch.hits.fetch_add(1, Ordering::SeqCst);
+            if switch.failing.load(Ordering::SeqCst) {
+                reply(500, "switched off")
+            } else {
+                reply(200, "switched on")
+            }
         }
         "/fail" => reply(500, "upstream failed"),
         "/hang" => std::future::pending().await,

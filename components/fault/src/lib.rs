@@ -55,7 +55,9 @@ impl Guest for Fault {
             "print" => {
                 let text = wharf_guest::query_param(&request, "text").unwrap_or_else(|| "hello".into());
                 let text = percent_decode(&text);
+                use std::io::Write;
                 print!("{text}");
+                let _ = std::io::stdout().flush();
                 eprint!("{text}");
                 wharf_guest::respond(out, 200, "text/plain", b"fine");
             }

@@ -79,9 +79,12 @@ impl App {
     pub fn load(manifest: &Manifest, options: &LoadOptions) -> Result<Arc<Self>> {
         let settings = manifest.server.clone();
         let telemetry = Arc::new(Telemetry::new(options.access_log.clone()));
+        let limits = settings.key_value_limits;
+        let backend = keyvalue::open_backend(settings.key_value, &settings.data_dir, limits)?;
         let capabilities = Capabilities {
-            key_value: keyvalue::open_backend(settings.key_value, &settings.data_dir)?,
+            key_value: Arc::new(keyvalue::KeyValue::new(backend, limits)),
             outbound: Arc::new(OutboundClient::new(&settings.outbound, telemetry.metrics.outbound.clone())?),
+            guest_output_budget: settings.max_guest_output_bytes,
         };
         let engine_settings = EngineSettings {
             max_instances: settings.max_concurrent_requests,
@@ -156,6 +159,6 @@ impl App {
 
     /// The key-value backend components share (for operators and tests).
     pub fn key_value(&self) -> &Arc<dyn keyvalue::Backend> {
-        &self.runtime.capabilities().key_value
+        self.runtime.capabilities().key_value.backend()
     }
 }

@@ -141,6 +141,8 @@ fn snapshot(app: &App) -> Snapshot {
             .filter_map(|r| r.policy.workers.as_ref().map(|pool| (r.spec.path.clone(), pool.queue_depth())))
             .collect(),
         components: table.components().iter().map(|c| (c.name.clone(), c.digest.clone())).collect(),
+        breakers_open: app.runtime.capabilities().outbound.breakers.open_count(),
+        breaker_trips: app.runtime.capabilities().outbound.breakers.trips(),
     }
 }
 
@@ -184,6 +186,7 @@ pub fn health(app: &App) -> serde_json::Value {
         "timed_out": metrics.timed_out_total(),
         "shed": metrics.rejections("overloaded") + metrics.rejections("queue_full"),
         "allocator": format!("{:?}", app.runtime.allocator),
+        "outbound_breakers": app.runtime.capabilities().outbound.breakers.report(),
         "routes": routes,
         "components": components,
     })

@@ -45,8 +45,10 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
         std::thread::Builder::new()
             .name(format!("wharf-worker-{index}"))
             .spawn(move || {
+                crate::runtime::fair::install_on_this_thread();
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_park(crate::runtime::fair::on_park)
                     .build()
                     .context("cannot start a worker runtime")
                     .and_then(|runtime| runtime.block_on(serve(socket, app, tls, refusals, stop)));

@@ -40,7 +40,12 @@ impl AllowList {
 
     /// Whether a request to `scheme://host:port` may go out.
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        self.0.iter().any(|entry| match entry {
+        self.matching(scheme, host, port).is_some()
+    }
+
+    /// The first entry that lets a request to `scheme://host:port` go out.
+    pub fn matching(&self, scheme: &str, host: &str, port: u16) -> Option<&AllowedHost> {
+        self.0.iter().find(|entry| match entry {
             AllowedHost::SelfApp => host == "self",
             AllowedHost::Pattern { scheme: s, host: h, port: p } => {
                 (s == "*" || s == scheme)
@@ -54,6 +59,16 @@ impl AllowList {
                         }))
             }
         })
+    }
+}
+
+impl std::fmt::Display for AllowedHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SelfApp => write!(f, "http://self"),
+            Self::Pattern { scheme, host, port: Some(port) } => write!(f, "{scheme}://{host}:{port}"),
+            Self::Pattern { scheme, host, port: None } => write!(f, "{scheme}://{host}:*"),
+        }
     }
 }
 

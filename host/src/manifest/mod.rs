@@ -78,6 +78,11 @@ pub struct ServerSettings {
     /// How many `http://self` requests deep a chain may go; deeper ones get
     /// 508 Loop Detected. Default 4.
     pub max_self_hops: u32,
+    /// Bounds on what guests put in `wasi:keyvalue`.
+    pub key_value_limits: crate::capabilities::keyvalue::KeyValueLimits,
+    /// Bytes of stdout and stderr one request's instance may write; the
+    /// rest is dropped. Default 64 KiB.
+    pub max_guest_output_bytes: usize,
 }
 
 /// Bounds on inbound connections (all in `[server]`).
@@ -147,6 +152,12 @@ pub struct OutboundSettings {
     pub total_timeout: Duration,
     /// PEM file of extra CA certificates to trust beside the system roots.
     pub extra_ca_file: Option<PathBuf>,
+    /// Consecutive failures (transport errors, timeouts, 5xx) that open a
+    /// host's circuit breaker (0: no breaker). Default 5.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails calls at once before one probe may
+    /// try the host again. Default 10 s.
+    pub breaker_open: Duration,
 }
 
 /// Certificate chain and private key, PEM files.
@@ -307,6 +318,11 @@ pub struct InstanceLimits {
     /// unmetered. Setting it on any component turns fuel metering on for the
     /// whole engine, which costs guests some speed.
     pub fuel: Option<u64>,
+    /// Outgoing HTTP requests one instance may make in all. Default 64.
+    pub max_outbound_requests: u32,
+    /// Outgoing HTTP requests one instance may have in flight at once (more
+    /// wait their turn). Default 16.
+    pub max_concurrent_outbound_requests: u32,
 }
 
 /// A component's `build` table.
@@ -360,6 +376,10 @@ struct RawServer {
     trusted_proxy_header: Option<String>,
     max_requests_in_flight_per_client: Option<usize>,
     max_self_hops: Option<u32>,
+    max_key_bytes: Option<usize>,
+    max_value_bytes: Option<usize>,
+    max_keys_per_store: Option<u64>,
+    max_guest_output_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -373,6 +393,8 @@ struct RawOutbound {
     tls_handshake_timeout_secs: Option<f64>,
     total_timeout_secs: Option<f64>,
     extra_ca_file: Option<PathBuf>,
+    breaker_failures: Option<u32>,
+    breaker_open_secs: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -426,6 +448,8 @@ struct RawComponent {
     fuel: Option<u64>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
+    max_outbound_requests: Option<u32>,
+    max_concurrent_outbound_requests: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -610,6 +634,19 @@ impl ServerSettings {
                 .transpose()?,
             outbound: OutboundSettings::from_raw(RawOutbound::default(), dir)?,
             max_self_hops: raw.max_self_hops.unwrap_or(4),
+            key_value_limits: {
+                let defaults = crate::capabilities::keyvalue::KeyValueLimits::default();
+                let limits = crate::capabilities::keyvalue::KeyValueLimits {
+                    max_key_bytes: raw.max_key_bytes.unwrap_or(defaults.max_key_bytes),
+                    max_value_bytes: raw.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+                    max_keys_per_store: raw.max_keys_per_store.unwrap_or(defaults.max_keys_per_store),
+                };
+                if limits.max_key_bytes == 0 || limits.max_value_bytes == 0 {
+                    bail!("server.max_key_bytes and server.max_value_bytes must be at least 1");
+                }
+                limits
+            },
+            max_guest_output_bytes: raw.max_guest_output_bytes.unwrap_or(64 << 10),
             listen,
             data_dir: dir.join(raw.data_dir.unwrap_or_else(|| ".wharf".into())),
             key_value: raw.key_value.unwrap_or(KeyValueBackendKind::Redb),
@@ -694,6 +731,12 @@ impl ComponentSpec {
             max_memory,
             max_table_elements: raw.max_table_elements.unwrap_or(DEFAULT_TABLE_ELEMENTS),
             fuel: raw.fuel,
+            max_outbound_requests: raw.max_outbound_requests.unwrap_or(64),
+            max_concurrent_outbound_requests: match raw.max_concurrent_outbound_requests {
+                Some(0) => bail!("max_concurrent_outbound_requests must be at least 1"),
+                Some(n) => n,
+                None => 16,
+            },
         };
         let allowed_outbound_hosts = AllowList::parse(&raw.allowed_outbound_hosts)?;
         Ok(Self {
@@ -728,6 +771,8 @@ impl OutboundSettings {
             tls_handshake_timeout: secs(raw.tls_handshake_timeout_secs, 5, "tls_handshake_timeout_secs")?,
             total_timeout: secs(raw.total_timeout_secs, 10, "total_timeout_secs")?,
             extra_ca_file: raw.extra_ca_file.map(|f| dir.join(f)),
+            breaker_failures: raw.breaker_failures.unwrap_or(5),
+            breaker_open: secs(raw.breaker_open_secs, 10, "breaker_open_secs")?,
         })
     }
 }

@@ -62,6 +62,7 @@ pub fn load(
         Some(cache) => cache.load_or_compile(engine, &bytes, &digest)?,
         None => (super::cache::compile(engine, &bytes)?, CacheOutcome::Disabled),
     };
+    super::limits::check_shares(&component)?;
     let handler = pre_instantiate(engine, linker, &component)?;
     Ok(LoadedComponent {
         name: spec.name.clone(),

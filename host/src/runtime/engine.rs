@@ -20,10 +20,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// for longer than this.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Core instances one component instance may use. A Rust component built for
-/// `wasm32-wasip2` takes a handful; a component with the preview-1 adapter or
-/// composed of others takes more.
-const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 20;
+use super::limits::{CORE_INSTANCES_PER_INSTANCE, MEMORIES_PER_INSTANCE, TABLES_PER_INSTANCE};
 
 /// Settings that shape the engine.
 #[derive(Debug, Clone)]
@@ -91,11 +88,18 @@ fn config(settings: &EngineSettings, pooling: Option<PoolingAllocationConfig>) -
 fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
     let instances = u32::try_from(settings.max_instances).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::new();
+    // Every instance can have its full share of memories and tables at
+    // once (components needing more are refused at load), so no component
+    // can exhaust the pool's slots for the others.
     pool.total_component_instances(instances)
-        .total_core_instances(instances.saturating_mul(8))
-        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(4))
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_INSTANCE)
+        .max_memories_per_component(MEMORIES_PER_INSTANCE)
+        .max_memories_per_module(MEMORIES_PER_INSTANCE)
+        .total_memories(instances.saturating_mul(MEMORIES_PER_INSTANCE))
+        .max_tables_per_component(TABLES_PER_INSTANCE)
+        .max_tables_per_module(TABLES_PER_INSTANCE)
+        .total_tables(instances.saturating_mul(TABLES_PER_INSTANCE))
         .total_stacks(instances)
         .max_memory_size(settings.max_instance_memory as usize)
         // Measured (hello, c=100): 64 KiB, 1 MiB and 4 MiB keep-resident

@@ -9,7 +9,6 @@ use crate::capabilities::keyvalue::{KeyValueCtx, KeyValueView};
 use crate::capabilities::outbound::OutboundHooks;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -22,7 +21,7 @@ pub struct Host {
     pub(crate) http: WasiHttpCtx,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) key_value: KeyValueCtx,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: super::limits::InstanceLimiter,
     pub(crate) outbound: OutboundHooks,
     _live: LiveInstance,
 }
@@ -31,13 +30,14 @@ impl Host {
     pub(crate) fn new(
         config: Arc<WasiConfigVariables>,
         key_value: KeyValueCtx,
-        limits: StoreLimits,
+        limits: super::limits::InstanceLimiter,
         outbound: OutboundHooks,
+        output: crate::capabilities::stdio::GuestOutput,
         live: LiveInstance,
     ) -> Self {
         Self {
             table: ResourceTable::new(),
-            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            wasi: WasiCtx::builder().stdout(output.stdout()).stderr(output.stderr()).build(),
             http: WasiHttpCtx::new(),
             config,
             key_value,

@@ -17,7 +17,8 @@ use super::Runtime;
 use super::component::{HandlerPre, LoadedComponent};
 use super::host::{Host, LiveInstance};
 use crate::capabilities::keyvalue::KeyValueCtx;
-use crate::capabilities::outbound::{Origin, OutboundHooks};
+use crate::capabilities::outbound::{Origin, OutboundBudget, OutboundHooks};
+use crate::capabilities::stdio::GuestOutput;
 use crate::telemetry::record::{BoxError, DeadlineExceeded};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -30,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
-use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -106,6 +107,10 @@ pub struct RequestContext {
     /// The request's id, for the instance's log lines.
     pub request_id: Arc<str>,
 }
+
+/// How long a guest that dropped its response outparam has to finish (so a
+/// trap is told from a plain return) before the client gets its 500.
+const OUTPARAM_GRACE: Duration = Duration::from_millis(100);
 
 /// What the guest task and the response body share about one instance:
 /// where it is in its life (for the lifetime bound's log line) and, once it
@@ -213,11 +218,12 @@ where
         }
         Ok(Ok(headers)) => headers,
         // The guest dropped its outparam without setting it: it returned,
-        // trapped, or goes on without a response. Its task says which; one
-        // that goes on is left to its lifetime bound.
+        // trapped, or goes on without a response. Its task says which at
+        // once if it ended; one that goes on is left to its lifetime bound.
         Ok(Err(_closed)) => {
             guard.disarm();
-            return Err(match tokio::time::timeout_at(headers_by, task).await {
+            let grace = (Instant::now() + OUTPARAM_GRACE).min(headers_by);
+            return Err(match tokio::time::timeout_at(grace, task).await {
                 Ok(Ok(Ok(()))) | Err(_) => InvokeError::NoResponse,
                 Ok(Ok(Err(error))) => error,
                 Ok(Err(join_error)) => InvokeError::Trapped(join_error.to_string()),
@@ -227,8 +233,13 @@ where
     match headers {
         Ok(response) => {
             shared.phase.store(STREAMING, Ordering::Release);
+            let declared = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             Ok(response.map(|body| GuestBody {
                 inner: body,
+                remaining: declared,
                 shared,
                 guard: Some(guard),
                 idle_timeout: deadlines.idle,
@@ -247,31 +258,39 @@ where
 fn new_store(runtime: &Runtime, component: &LoadedComponent, context: &RequestContext) -> Store<Host> {
     let capabilities = &runtime.capabilities;
     let key_value = KeyValueCtx {
-        backend: capabilities.key_value.clone(),
+        shared: capabilities.key_value.clone(),
         allowed_stores: component.key_value_stores.clone(),
+        max_response_bytes: usize::try_from(component.limits.max_memory).unwrap_or(usize::MAX),
     };
-    let limits = StoreLimitsBuilder::new()
-        .memory_size(component.limits.max_memory as usize)
-        .table_elements(component.limits.max_table_elements)
-        .build();
+    let output = GuestOutput::new(
+        component.name_for_logs.clone(),
+        context.request_id.clone(),
+        capabilities.guest_output_budget,
+    );
+    let limits = super::limits::InstanceLimiter::new(&component.limits);
     let outbound = OutboundHooks {
         client: capabilities.outbound.clone(),
         allowed: component.allowed_outbound_hosts.clone(),
         component: component.name_for_logs.clone(),
         origin: context.origin,
+        budget: OutboundBudget::new(
+            component.limits.max_outbound_requests,
+            component.limits.max_concurrent_outbound_requests,
+        ),
     };
     let live = LiveInstance::new(runtime.telemetry.metrics.live_instances_gauge());
-    let host = Host::new(component.config.clone(), key_value, limits, outbound, live);
+    let host = Host::new(component.config.clone(), key_value, limits, outbound, output, live);
     let mut store = Store::new(&runtime.engine, host);
     store.limiter(|host| &mut host.limits);
     if runtime.fuel_metering {
         let _ = store.set_fuel(component.limits.fuel.unwrap_or(u64::MAX));
     }
-    // Yield to the runtime at every epoch tick, so a spinning guest cannot
-    // starve the other requests on its thread, and can be aborted.
+    // Yield at every epoch tick, behind everything else the thread has to
+    // do (see `fair`), so a spinning guest cannot starve the other requests
+    // on its thread, and can be aborted.
     if runtime.epoch_interruption {
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::YieldCustom(1, super::fair::yield_to_others())));
     }
     store
 }
@@ -324,6 +343,9 @@ pub struct GuestFailed;
 /// disarms the abort guard, dropping it early aborts the guest.
 pub struct GuestBody {
     inner: HyperOutgoingBody,
+    /// Bytes still to come when the guest declared a length: hyper stops
+    /// polling once they are out, so that is where the body ends.
+    remaining: Option<u64>,
     shared: Arc<InstanceShared>,
     guard: Option<GuestTask>,
     idle_timeout: Duration,
@@ -380,6 +402,15 @@ impl Body for GuestBody {
                 if let Some(idle) = &mut self.idle {
                     idle.as_mut().reset(next);
                 }
+                if let (Some(remaining), Some(data)) = (self.remaining, frame.data_ref()) {
+                    let remaining = remaining.saturating_sub(data.len() as u64);
+                    self.remaining = Some(remaining);
+                    if remaining == 0
+                        && let Some(guard) = self.guard.take()
+                    {
+                        guard.disarm();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => match self.expired(cx) {
@@ -395,10 +426,13 @@ impl Body for GuestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.remaining == Some(0) || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.remaining {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => self.inner.size_hint(),
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The runtime: everything between a request and a running guest. The
 //! wasmtime engine and its instance pool ([`engine`]), components loaded
 //! and pre-instantiated ([`component`]) with their compiled code cached on
-//! disk ([`cache`]), the per-instance state ([`host`]) and one request run
-//! through a fresh instance ([`invoke`]).
+//! disk ([`cache`]), the per-instance state ([`host`]) and what it may hold
+//! ([`limits`]), one request run through a fresh instance ([`invoke`]), and
+//! fair CPU between the guests of a thread ([`fair`]).
 //!
 //! It uses the capabilities guests import and the telemetry it reports to;
 //! it knows nothing of routes, listeners or admission.
@@ -10,8 +11,10 @@
 pub mod cache;
 pub mod component;
 pub mod engine;
+pub mod fair;
 pub mod host;
 pub mod invoke;
+pub mod limits;
 
 pub use component::LoadedComponent;
 pub use engine::AllocatorKind;
@@ -71,6 +74,12 @@ impl Runtime {
     /// component `spec` describes.
     pub fn load_component(&self, spec: &ComponentSpec) -> Result<LoadedComponent> {
         component::load(&self.engine, &self.linker, spec, self.compile_cache.as_ref())
+    }
+
+    /// Where the compiled code of the component with SHA-256 `digest` is
+    /// cached, if there is a cache.
+    pub fn compile_cache_entry(&self, digest: &str) -> Option<PathBuf> {
+        self.compile_cache.as_ref().map(|cache| cache.entry_path(digest))
     }
 
     /// Whether fuel is metered (fixed at start).

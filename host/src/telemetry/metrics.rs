@@ -57,19 +57,27 @@ struct ReloadResult {
 }
 
 /// Outbound HTTP metrics; the client holds them, `/metrics` shows them.
+/// Label values come from bounded sets: requests by the allow-list entry
+/// that let them out, connections by host for the first
+/// [`MAX_HOST_LABELS`] hosts and `other` after that.
 pub struct OutboundMetrics {
     requests: Family<HostStatus, Counter>,
     connections_opened: Family<HostLabel, Counter>,
-    denied: Family<HostLabel, Counter>,
+    denied: Counter,
+    over_budget: Counter,
     wait: Histogram,
+    hosts_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct hosts that get a connection label of their own.
+pub const MAX_HOST_LABELS: usize = 64;
 
 impl OutboundMetrics {
     fn register(registry: &mut Registry) -> Self {
         let requests = Family::<HostStatus, Counter>::default();
         registry.register(
             "outbound_requests",
-            "Outgoing requests by host and status (0: no response); reused connections = requests - connections opened",
+            "Outgoing requests by the allow-list entry that let them out, and status (0: no response)",
             requests.clone(),
         );
         let connections_opened = Family::<HostLabel, Counter>::default();
@@ -78,11 +86,17 @@ impl OutboundMetrics {
             "Outgoing connections opened, by host",
             connections_opened.clone(),
         );
-        let denied = Family::<HostLabel, Counter>::default();
+        let denied = Counter::default();
         registry.register(
             "outbound_denied",
-            "Outgoing requests denied by allowed_outbound_hosts",
+            "Outgoing requests denied by allowed_outbound_hosts (the hosts are in the log)",
             denied.clone(),
+        );
+        let over_budget = Counter::default();
+        registry.register(
+            "outbound_over_budget",
+            "Outgoing requests refused because their instance used its max_outbound_requests",
+            over_budget.clone(),
         );
         let wait = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
         registry.register(
@@ -90,27 +104,53 @@ impl OutboundMetrics {
             "Time waiting for a per-host connection slot",
             wait.clone(),
         );
-        Self { requests, connections_opened, denied, wait }
+        Self { requests, connections_opened, denied, over_budget, wait, hosts_seen: Default::default() }
     }
 
-    /// Counts a request to `host` that ended with `status` (0: none).
-    pub fn request(&self, host: &str, status: u16) {
-        self.requests.get_or_create(&HostStatus { host: host.to_string(), status }).inc();
+    /// Counts a request let out by allow-list entry `entry` that ended with
+    /// `status` (0: none).
+    pub fn request(&self, entry: &str, status: u16) {
+        self.requests.get_or_create(&HostStatus { host: entry.to_string(), status }).inc();
+    }
+
+    /// The label for `host`: itself if it is among the first hosts seen.
+    fn host_label(&self, host: &str) -> String {
+        let mut seen = self.hosts_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(host) || (seen.len() < MAX_HOST_LABELS && seen.insert(host.to_string())) {
+            host.to_string()
+        } else {
+            "other".to_string()
+        }
     }
 
     /// Counts a new connection to `host`.
     pub fn connection_opened(&self, host: &str) {
-        self.connections_opened.get_or_create(&HostLabel { host: host.to_string() }).inc();
+        self.connections_opened.get_or_create(&HostLabel { host: self.host_label(host) }).inc();
     }
 
     /// Connections opened to `host` so far.
     pub fn connections_opened_to(&self, host: &str) -> u64 {
-        self.connections_opened.get_or_create(&HostLabel { host: host.to_string() }).get()
+        self.connections_opened.get_or_create(&HostLabel { host: self.host_label(host) }).get()
     }
 
     /// Counts a denied request.
-    pub fn denied(&self, host: &str) {
-        self.denied.get_or_create(&HostLabel { host: host.to_string() }).inc();
+    pub fn denied(&self) {
+        self.denied.inc();
+    }
+
+    /// Requests denied so far.
+    pub fn denied_total(&self) -> u64 {
+        self.denied.get()
+    }
+
+    /// Counts a request refused for its instance's outbound budget.
+    pub fn over_budget(&self) {
+        self.over_budget.inc();
+    }
+
+    /// Requests refused for their instance's budget so far.
+    pub fn over_budget_total(&self) -> u64 {
+        self.over_budget.get()
     }
 
     /// Records time spent waiting for a host slot.
@@ -128,6 +168,10 @@ pub struct Snapshot {
     pub queue_depths: Vec<(String, usize)>,
     /// `(component, digest)` for each loaded component.
     pub components: Vec<(String, String)>,
+    /// Outbound circuit breakers open or half-open.
+    pub breakers_open: usize,
+    /// Times an outbound circuit breaker has opened.
+    pub breaker_trips: u64,
 }
 
 /// Every metric Wharf exports.
@@ -148,6 +192,8 @@ pub struct Metrics {
     instances_killed: Family<Phase, Counter>,
     connections_refused: Family<Reason, Counter>,
     connections_timed_out: Family<Reason, Counter>,
+    breakers_open: Gauge,
+    breaker_trips: Gauge,
     /// Outbound HTTP metrics.
     pub outbound: Arc<OutboundMetrics>,
 }
@@ -226,8 +272,22 @@ impl Default for Metrics {
             "Connections ended by a deadline (header, keepalive, send, response)",
             connections_timed_out.clone(),
         );
+        let breakers_open = Gauge::default();
+        registry.register(
+            "outbound_breakers_open",
+            "Upstream hosts whose circuit breaker is open or half-open (each is in /healthz)",
+            breakers_open.clone(),
+        );
+        let breaker_trips = Gauge::default();
+        registry.register(
+            "outbound_breaker_trips",
+            "Times an upstream host's circuit breaker has opened",
+            breaker_trips.clone(),
+        );
         let outbound = Arc::new(OutboundMetrics::register(&mut registry));
         Self {
+            breakers_open,
+            breaker_trips,
             instances_killed,
             connections_refused,
             connections_timed_out,
@@ -351,6 +411,8 @@ impl Metrics {
     /// The text exposition, with the moment's gauges from `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         self.in_flight.set(snapshot.in_flight as i64);
+        self.breakers_open.set(snapshot.breakers_open as i64);
+        self.breaker_trips.set(snapshot.breaker_trips as i64);
         for (route, depth) in &snapshot.queue_depths {
             self.queue_depth.get_or_create(&RouteLabel { route: route.clone() }).set(*depth as i64);
         }

@@ -1,16 +1,25 @@
 //! `wasi:keyvalue` (store, atomics, batch) on the host side, over pluggable
-//! backends: an embedded persistent `redb` database (the default) and an
-//! in-memory map. A component sees only the standard interface, so adding a
-//! backend (Redis, say) never touches a component.
+//! backends, one file each: an embedded persistent `redb` database (the
+//! default, [`redb`]) and an in-memory map ([`memory`]). A component sees
+//! only the standard interface, so adding a backend never touches a
+//! component.
 //!
 //! Stores are named; a component may open only the stores its manifest entry
 //! lists, and two components that list the same name share it. Values
 //! written by `atomics.increment` are decimal strings, like Redis' `INCRBY`.
+//!
+//! Bounds, checked here before a backend is asked: key and value sizes,
+//! keys per batch call and the bytes a `get-many` may bring into the host;
+//! keys per store are checked by the backend as it inserts. `list-keys`
+//! returns pages of [`LIST_PAGE`] keys; its cursor is a handle to where the
+//! page ended, valid across requests on this host for [`CURSOR_TTL`].
 
 use crate::runtime::host::Host;
 use futures::future::BoxFuture;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 mod memory;
@@ -35,6 +44,15 @@ mod bindings {
 
 use bindings::wasi::keyvalue::{atomics, batch, store};
 
+/// Keys in one `list-keys` page.
+pub const LIST_PAGE: usize = 1000;
+/// Keys in one batch call at most.
+pub const MAX_BATCH_KEYS: usize = 1000;
+/// How long a `list-keys` cursor stays valid.
+pub const CURSOR_TTL: Duration = Duration::from_secs(600);
+/// Cursors remembered at most (the oldest are forgotten first).
+const MAX_CURSORS: usize = 10_000;
+
 /// An error from a backend, as the guest will see it.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyValueError {
@@ -57,17 +75,69 @@ impl From<wasmtime::component::ResourceTableError> for KeyValueError {
 
 pub(crate) type BackendResult<T> = Result<T, KeyValueError>;
 
+/// The bounds on what guests store (the `[server]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyValueLimits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Keys one store may hold (0: no bound).
+    pub max_keys_per_store: u64,
+}
+
+impl Default for KeyValueLimits {
+    fn default() -> Self {
+        Self { max_key_bytes: 1024, max_value_bytes: 1 << 20, max_keys_per_store: 0 }
+    }
+}
+
+/// Where a `list-keys` page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListStart {
+    /// At the first key.
+    Beginning,
+    /// After this key (ordered stores).
+    After(String),
+    /// At this server-side cursor (Redis `SCAN`).
+    Scan(u64),
+}
+
+/// One page of keys and where the next one starts, if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys of this page.
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` when this was the last.
+    pub next: Option<ListStart>,
+}
+
 /// Where key-value data lives. Methods take owned arguments and return
-/// boxed futures so a backend may block on a thread pool or talk to a server.
+/// boxed futures so a backend may block on a thread pool or talk to a
+/// server. Writes are durable (as far as the backend is) before their
+/// future resolves.
 pub trait Backend: Send + Sync + 'static {
-    /// The value of `key` in `store`, if any.
-    fn get(&self, store: String, key: String) -> BoxFuture<'static, BackendResult<Option<Vec<u8>>>>;
-    /// Sets `key` in `store` to `value`.
-    fn set(&self, store: String, key: String, value: Vec<u8>) -> BoxFuture<'static, BackendResult<()>>;
-    /// Removes `key` from `store` (no error if absent).
-    fn delete(&self, store: String, key: String) -> BoxFuture<'static, BackendResult<()>>;
-    /// All keys of `store`, in order.
-    fn list_keys(&self, store: String) -> BoxFuture<'static, BackendResult<Vec<String>>>;
+    /// The values of `keys` in `store`, in order.
+    fn get_many(
+        &self,
+        store: String,
+        keys: Vec<String>,
+    ) -> BoxFuture<'static, BackendResult<Vec<Option<Vec<u8>>>>>;
+    /// Sets each key of `entries` in `store`.
+    fn set_many(
+        &self,
+        store: String,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'static, BackendResult<()>>;
+    /// Removes `keys` from `store` (absent ones are skipped).
+    fn delete_many(&self, store: String, keys: Vec<String>) -> BoxFuture<'static, BackendResult<()>>;
+    /// At most `limit` keys of `store` from `start`.
+    fn list_keys(
+        &self,
+        store: String,
+        start: ListStart,
+        limit: usize,
+    ) -> BoxFuture<'static, BackendResult<KeyPage>>;
     /// Adds `delta` to the decimal number at `key` (0 if absent) atomically
     /// and durably, returning the new value.
     fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>>;
@@ -77,20 +147,111 @@ pub trait Backend: Send + Sync + 'static {
 pub fn open_backend(
     kind: crate::manifest::KeyValueBackendKind,
     data_dir: &Path,
+    limits: KeyValueLimits,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(match kind {
-        crate::manifest::KeyValueBackendKind::Memory => Arc::new(memory::MemoryBackend::default()),
+        crate::manifest::KeyValueBackendKind::Memory => Arc::new(memory::MemoryBackend::new(limits)),
         crate::manifest::KeyValueBackendKind::Redb => {
-            Arc::new(self::redb::RedbBackend::open(&data_dir.join("keyvalue.redb"))?)
+            Arc::new(self::redb::RedbBackend::open(&data_dir.join("keyvalue.redb"), limits)?)
         }
     })
 }
 
-/// Per-instance key-value state: the backend and the stores it may open.
+/// The shared state behind `wasi:keyvalue`: the backend, the limits, and
+/// the `list-keys` cursors handed out.
+pub struct KeyValue {
+    backend: Arc<dyn Backend>,
+    limits: KeyValueLimits,
+    cursors: Mutex<Cursors>,
+}
+
+impl KeyValue {
+    /// Serves `backend` under `limits`.
+    pub fn new(backend: Arc<dyn Backend>, limits: KeyValueLimits) -> Self {
+        Self { backend, limits, cursors: Mutex::default() }
+    }
+
+    /// The backend (for operators and tests).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The limits guests are held to.
+    pub fn limits(&self) -> KeyValueLimits {
+        self.limits
+    }
+
+    fn check_key(&self, key: &str) -> BackendResult<()> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(KeyValueError::Other(format!(
+                "key is {} bytes; the limit is {} (server.max_key_bytes)",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> BackendResult<()> {
+        if value.len() > self.limits.max_value_bytes {
+            return Err(KeyValueError::Other(format!(
+                "value is {} bytes; the limit is {} (server.max_value_bytes)",
+                value.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, count: usize) -> BackendResult<()> {
+        if count > MAX_BATCH_KEYS {
+            return Err(KeyValueError::Other(format!(
+                "{count} keys in one batch call; the limit is {MAX_BATCH_KEYS}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `list-keys` cursors: handles to where a page ended, per store.
+#[derive(Default)]
+struct Cursors {
+    next_id: u64,
+    by_id: HashMap<u64, (String, ListStart, Instant)>,
+}
+
+impl Cursors {
+    fn remember(&mut self, store: &str, start: ListStart) -> u64 {
+        let now = Instant::now();
+        if self.by_id.len() >= MAX_CURSORS {
+            self.by_id.retain(|_, (_, _, at)| now.duration_since(*at) < CURSOR_TTL);
+        }
+        if self.by_id.len() >= MAX_CURSORS
+            && let Some(oldest) = self.by_id.iter().min_by_key(|(_, (_, _, at))| *at).map(|(id, _)| *id)
+        {
+            self.by_id.remove(&oldest);
+        }
+        self.next_id += 1;
+        self.by_id.insert(self.next_id, (store.to_string(), start, now));
+        self.next_id
+    }
+
+    fn take(&mut self, store: &str, id: u64) -> Option<ListStart> {
+        match self.by_id.remove(&id) {
+            Some((owner, start, at)) if owner == store && at.elapsed() < CURSOR_TTL => Some(start),
+            _ => None,
+        }
+    }
+}
+
+/// Per-instance key-value state: the shared state and the stores it may open.
 #[derive(Clone)]
 pub struct KeyValueCtx {
-    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) shared: Arc<KeyValue>,
     pub(crate) allowed_stores: Arc<[String]>,
+    /// Bytes a `get-many` may bring into the host (the instance's memory
+    /// ceiling: the answer has to fit in the guest anyway).
+    pub(crate) max_response_bytes: usize,
 }
 
 /// Borrowed view the generated host traits are implemented for.
@@ -122,6 +283,52 @@ impl KeyValueView<'_> {
     fn store_of(&self, bucket: &Resource<Bucket>) -> BackendResult<String> {
         Ok(self.table.get(bucket)?.store.clone())
     }
+
+    fn shared(&self) -> &KeyValue {
+        &self.ctx.shared
+    }
+
+    fn get_values(
+        &self,
+        store: String,
+        keys: Vec<String>,
+    ) -> BoxFuture<'static, BackendResult<Vec<Option<Vec<u8>>>>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move { ctx.get_values(store, keys).await })
+    }
+
+    fn set_values(
+        &self,
+        store: String,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'static, BackendResult<()>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move { ctx.set_values(store, entries).await })
+    }
+}
+
+impl KeyValueCtx {
+    async fn get_values(&self, store: String, keys: Vec<String>) -> BackendResult<Vec<Option<Vec<u8>>>> {
+        for key in &keys {
+            self.shared.check_key(key)?;
+        }
+        let values = self.shared.backend.get_many(store, keys).await?;
+        let total: usize = values.iter().flatten().map(Vec::len).sum();
+        if total > self.max_response_bytes {
+            return Err(KeyValueError::Other(format!(
+                "the values come to {total} bytes, more than this instance's memory ceiling"
+            )));
+        }
+        Ok(values)
+    }
+
+    async fn set_values(&self, store: String, entries: Vec<(String, Vec<u8>)>) -> BackendResult<()> {
+        for (key, value) in &entries {
+            self.shared.check_key(key)?;
+            self.shared.check_value(value)?;
+        }
+        self.shared.backend.set_many(store, entries).await
+    }
 }
 
 impl store::Host for KeyValueView<'_> {
@@ -144,22 +351,23 @@ impl store::Host for KeyValueView<'_> {
 impl store::HostBucket for KeyValueView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> BackendResult<Option<Vec<u8>>> {
         let store = self.store_of(&bucket)?;
-        self.ctx.backend.get(store, key).await
+        Ok(self.get_values(store, vec![key]).await?.pop().flatten())
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> BackendResult<()> {
         let store = self.store_of(&bucket)?;
-        self.ctx.backend.set(store, key, value).await
+        self.set_values(store, vec![(key, value)]).await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> BackendResult<()> {
         let store = self.store_of(&bucket)?;
-        self.ctx.backend.delete(store, key).await
+        self.shared().check_key(&key)?;
+        self.shared().backend.delete_many(store, vec![key]).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> BackendResult<bool> {
         let store = self.store_of(&bucket)?;
-        Ok(self.ctx.backend.get(store, key).await?.is_some())
+        Ok(self.get_values(store, vec![key]).await?.pop().flatten().is_some())
     }
 
     async fn list_keys(
@@ -168,9 +376,20 @@ impl store::HostBucket for KeyValueView<'_> {
         cursor: Option<u64>,
     ) -> BackendResult<store::KeyResponse> {
         let store = self.store_of(&bucket)?;
-        let keys = self.ctx.backend.list_keys(store).await?;
-        let start = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX).min(keys.len());
-        Ok(store::KeyResponse { keys: keys[start..].to_vec(), cursor: None })
+        let start = match cursor {
+            None => ListStart::Beginning,
+            Some(id) => {
+                let mut cursors = self.shared().cursors.lock().unwrap_or_else(|e| e.into_inner());
+                cursors.take(&store, id).ok_or_else(|| {
+                    KeyValueError::Other(format!("cursor {id} is unknown or expired; list from the start"))
+                })?
+            }
+        };
+        let page = self.shared().backend.list_keys(store.clone(), start, LIST_PAGE).await?;
+        let cursor = page.next.map(|next| {
+            self.shared().cursors.lock().unwrap_or_else(|e| e.into_inner()).remember(&store, next)
+        });
+        Ok(store::KeyResponse { keys: page.keys, cursor })
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -182,7 +401,8 @@ impl store::HostBucket for KeyValueView<'_> {
 impl atomics::Host for KeyValueView<'_> {
     async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> BackendResult<u64> {
         let store = self.store_of(&bucket)?;
-        self.ctx.backend.increment(store, key, delta).await
+        self.shared().check_key(&key)?;
+        self.shared().backend.increment(store, key, delta).await
     }
 }
 
@@ -193,12 +413,9 @@ impl batch::Host for KeyValueView<'_> {
         keys: Vec<String>,
     ) -> BackendResult<Vec<Option<(String, Vec<u8>)>>> {
         let store = self.store_of(&bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            let value = self.ctx.backend.get(store.clone(), key.clone()).await?;
-            values.push(value.map(|v| (key, v)));
-        }
-        Ok(values)
+        self.shared().check_batch(keys.len())?;
+        let values = self.get_values(store, keys.clone()).await?;
+        Ok(keys.into_iter().zip(values).map(|(key, value)| value.map(|v| (key, v))).collect())
     }
 
     async fn set_many(
@@ -207,18 +424,17 @@ impl batch::Host for KeyValueView<'_> {
         entries: Vec<(String, Vec<u8>)>,
     ) -> BackendResult<()> {
         let store = self.store_of(&bucket)?;
-        for (key, value) in entries {
-            self.ctx.backend.set(store.clone(), key, value).await?;
-        }
-        Ok(())
+        self.shared().check_batch(entries.len())?;
+        self.set_values(store, entries).await
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> BackendResult<()> {
         let store = self.store_of(&bucket)?;
-        for key in keys {
-            self.ctx.backend.delete(store.clone(), key).await?;
+        self.shared().check_batch(keys.len())?;
+        for key in &keys {
+            self.shared().check_key(key)?;
         }
-        Ok(())
+        self.shared().backend.delete_many(store, keys).await
     }
 }
 
@@ -232,4 +448,9 @@ pub(crate) fn parse_counter(bytes: Option<&[u8]>) -> BackendResult<u64> {
 
 pub(crate) fn add(current: u64, delta: u64) -> BackendResult<u64> {
     current.checked_add(delta).ok_or_else(|| KeyValueError::Other("increment overflows u64".into()))
+}
+
+/// The error for a store that holds `max` keys already.
+pub(crate) fn store_full(max: u64) -> KeyValueError {
+    KeyValueError::Other(format!("the store holds {max} keys, its limit (server.max_keys_per_store)"))
 }

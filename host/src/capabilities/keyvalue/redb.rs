@@ -1,33 +1,96 @@
 //! The embedded, persistent backend: a `redb` database in the data
-//! directory.
+//! directory, one table per store.
+//!
+//! Writes are group-committed: one writer thread takes every write that is
+//! waiting, applies them in arrival order in one transaction, commits it
+//! with one fsync, and only then answers each of them. So a write is
+//! acknowledged only once durable, and a hundred concurrent increments cost
+//! one fsync, not a hundred. Each write is applied whole or not at all (an
+//! increment of a non-number, or a set past `max_keys_per_store`, fails
+//! alone); if the commit itself fails, every write in it fails. Reads never
+//! wait for a commit: they run on the blocking pool against the last
+//! committed state.
 
-use super::{Backend, BackendResult, KeyValueError, add, parse_counter};
-use ::redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use super::{
+    Backend, BackendResult, KeyPage, KeyValueError, KeyValueLimits, ListStart, add, parse_counter, store_full,
+};
+use ::redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use anyhow::Context as _;
 use futures::future::BoxFuture;
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
+use tokio::sync::oneshot;
 
-/// An embedded `redb` database: one table per store, every write committed
-/// durably before the guest sees it succeed. redb is synchronous, so each
-/// operation runs on the blocking pool, never on a request thread.
+/// Writes gathered into one transaction at most.
+const MAX_GROUP: usize = 1024;
+
+/// An embedded `redb` database with a group-committing writer.
 pub struct RedbBackend {
     db: Arc<::redb::Database>,
+    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// One write waiting for the writer thread.
+struct Write {
+    store: String,
+    op: WriteOp,
+    reply: oneshot::Sender<BackendResult<u64>>,
+}
+
+enum WriteOp {
+    Set(Vec<(String, Vec<u8>)>),
+    Delete(Vec<String>),
+    Increment(String, u64),
+}
+
+fn table(store: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(store)
+}
+
+fn database_error(error: impl std::fmt::Display) -> KeyValueError {
+    tracing::error!(%error, "key-value database error");
+    KeyValueError::Other("key-value database error".into())
 }
 
 impl RedbBackend {
     /// Opens (or creates) the database file at `path`.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
+    pub fn open(path: &Path, limits: KeyValueLimits) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create data directory {}", dir.display()))?;
         }
-        let db = ::redb::Database::create(path)
-            .with_context(|| format!("cannot open key-value database {}", path.display()))?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(
+            ::redb::Database::create(path)
+                .with_context(|| format!("cannot open key-value database {}", path.display()))?,
+        );
+        let (sender, receiver) = mpsc::channel::<Write>();
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("wharf-kv-writer".into())
+            .spawn(move || write_loop(&writer_db, &receiver, limits))
+            .context("cannot start the key-value writer thread")?;
+        Ok(Self { db, writes: Mutex::new(Some(sender)), writer: Mutex::new(Some(writer)) })
     }
 
-    fn run<T: Send + 'static>(
+    fn write(&self, store: String, op: WriteOp) -> BoxFuture<'static, BackendResult<u64>> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|writes| writes.send(Write { store, op, reply }).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(KeyValueError::Other("key-value store is closed".into()));
+            }
+            answer.await.map_err(|_| KeyValueError::Other("key-value writer stopped".into()))?
+        })
+    }
+
+    fn read<T: Send + 'static>(
         &self,
         op: impl FnOnce(&::redb::Database) -> Result<T, ::redb::Error> + Send + 'static,
     ) -> BoxFuture<'static, BackendResult<T>> {
@@ -36,84 +99,175 @@ impl RedbBackend {
             tokio::task::spawn_blocking(move || op(&db))
                 .await
                 .map_err(|e| KeyValueError::Other(format!("key-value task failed: {e}")))?
-                .map_err(|e| {
-                    tracing::error!(error = %e, "key-value database error");
-                    KeyValueError::Other("key-value database error".into())
-                })
+                .map_err(database_error)
         })
     }
 }
 
-fn table(store: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
-    TableDefinition::new(store)
+impl Drop for RedbBackend {
+    fn drop(&mut self) {
+        // The writer finishes what is queued, then lets the database go, so
+        // the file can be opened again as soon as the backend is dropped.
+        self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn write_loop(db: &::redb::Database, writes: &mpsc::Receiver<Write>, limits: KeyValueLimits) {
+    while let Ok(first) = writes.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match writes.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
+        let outcome = apply_group(db, &group, limits);
+        match outcome {
+            Ok(results) => {
+                for (write, result) in group.into_iter().zip(results) {
+                    let _ = write.reply.send(result);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::error!(error = %message, writes = group.len(), "key-value commit failed; none of its writes happened");
+                for write in group {
+                    let _ = write.reply.send(Err(KeyValueError::Other("key-value database error".into())));
+                }
+            }
+        }
+    }
+}
+
+/// Applies `group` in one transaction and commits it; a write that fails on
+/// its own merits gets its error and changes nothing.
+fn apply_group(
+    db: &::redb::Database,
+    group: &[Write],
+    limits: KeyValueLimits,
+) -> Result<Vec<BackendResult<u64>>, ::redb::Error> {
+    let txn = db.begin_write()?;
+    let mut results = Vec::with_capacity(group.len());
+    for write in group {
+        let mut store = txn.open_table(table(&write.store))?;
+        let has_room =
+            |store: &::redb::Table<&str, &[u8]>, new_keys: u64| -> Result<BackendResult<()>, ::redb::Error> {
+                let max = limits.max_keys_per_store;
+                Ok(if max > 0 && store.len()? + new_keys > max { Err(store_full(max)) } else { Ok(()) })
+            };
+        let result = match &write.op {
+            WriteOp::Set(entries) => {
+                let mut new_keys = 0;
+                for (key, _) in entries {
+                    new_keys += u64::from(store.get(key.as_str())?.is_none());
+                }
+                match has_room(&store, new_keys)? {
+                    Err(error) => Err(error),
+                    Ok(()) => {
+                        for (key, value) in entries {
+                            store.insert(key.as_str(), value.as_slice())?;
+                        }
+                        Ok(0)
+                    }
+                }
+            }
+            WriteOp::Delete(keys) => {
+                for key in keys {
+                    store.remove(key.as_str())?;
+                }
+                Ok(0)
+            }
+            WriteOp::Increment(key, delta) => {
+                let current = store.get(key.as_str())?.map(|v| v.value().to_vec());
+                let room = if current.is_none() { has_room(&store, 1)? } else { Ok(()) };
+                match room.and_then(|()| parse_counter(current.as_deref()).and_then(|c| add(c, *delta))) {
+                    Err(error) => Err(error),
+                    Ok(next) => {
+                        store.insert(key.as_str(), next.to_string().as_bytes())?;
+                        Ok(next)
+                    }
+                }
+            }
+        };
+        results.push(result);
+    }
+    txn.commit()?;
+    Ok(results)
 }
 
 impl Backend for RedbBackend {
-    fn get(&self, store: String, key: String) -> BoxFuture<'static, BackendResult<Option<Vec<u8>>>> {
-        self.run(move |db| {
+    fn get_many(
+        &self,
+        store: String,
+        keys: Vec<String>,
+    ) -> BoxFuture<'static, BackendResult<Vec<Option<Vec<u8>>>>> {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = match txn.open_table(table(&store)) {
                 Ok(table) => table,
-                Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
                 Err(e) => return Err(e.into()),
             };
-            Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
+            keys.iter().map(|key| Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))).collect()
         })
     }
 
-    fn set(&self, store: String, key: String, value: Vec<u8>) -> BoxFuture<'static, BackendResult<()>> {
-        self.run(move |db| {
-            let txn = db.begin_write()?;
-            txn.open_table(table(&store))?.insert(key.as_str(), value.as_slice())?;
-            txn.commit()?;
-            Ok(())
-        })
+    fn set_many(
+        &self,
+        store: String,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'static, BackendResult<()>> {
+        let write = self.write(store, WriteOp::Set(entries));
+        Box::pin(async move { write.await.map(drop) })
     }
 
-    fn delete(&self, store: String, key: String) -> BoxFuture<'static, BackendResult<()>> {
-        self.run(move |db| {
-            let txn = db.begin_write()?;
-            txn.open_table(table(&store))?.remove(key.as_str())?;
-            txn.commit()?;
-            Ok(())
-        })
+    fn delete_many(&self, store: String, keys: Vec<String>) -> BoxFuture<'static, BackendResult<()>> {
+        let write = self.write(store, WriteOp::Delete(keys));
+        Box::pin(async move { write.await.map(drop) })
     }
 
-    fn list_keys(&self, store: String) -> BoxFuture<'static, BackendResult<Vec<String>>> {
-        self.run(move |db| {
+    fn list_keys(
+        &self,
+        store: String,
+        start: ListStart,
+        limit: usize,
+    ) -> BoxFuture<'static, BackendResult<KeyPage>> {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = match txn.open_table(table(&store)) {
                 Ok(table) => table,
-                Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(::redb::TableError::TableDoesNotExist(_)) => {
+                    return Ok(KeyPage { keys: Vec::new(), next: None });
+                }
                 Err(e) => return Err(e.into()),
             };
-            let mut keys = Vec::new();
-            for entry in table.iter()? {
+            let after = match &start {
+                ListStart::After(key) => Some(key.as_str()),
+                _ => None,
+            };
+            let range = match after {
+                Some(key) => table.range::<&str>((Bound::Excluded(key), Bound::Unbounded))?,
+                None => table.range::<&str>(..)?,
+            };
+            let mut keys = Vec::with_capacity(limit.min(1024));
+            let mut more = false;
+            for entry in range {
+                if keys.len() == limit {
+                    more = true;
+                    break;
+                }
                 keys.push(entry?.0.value().to_string());
             }
-            Ok(keys)
+            let next = more.then(|| ListStart::After(keys.last().cloned().unwrap_or_default()));
+            Ok(KeyPage { keys, next })
         })
     }
 
     fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>> {
-        // The outer result is the database's, the inner one the value's
-        // (not a number, overflow), which aborts the transaction.
-        let update = self.run(move |db| {
-            let txn = db.begin_write()?;
-            let next = {
-                let mut table = txn.open_table(table(&store))?;
-                let current = table.get(key.as_str())?.map(|v| v.value().to_vec());
-                let next = match parse_counter(current.as_deref()).and_then(|c| add(c, delta)) {
-                    Ok(next) => next,
-                    Err(e) => return Ok(Err(e)),
-                };
-                table.insert(key.as_str(), next.to_string().as_bytes())?;
-                next
-            };
-            txn.commit()?;
-            Ok(Ok(next))
-        });
-        Box::pin(async move { update.await? })
+        self.write(store, WriteOp::Increment(key, delta))
     }
 }
 
@@ -122,14 +276,18 @@ mod tests {
     use super::*;
     use crate::capabilities::keyvalue::MemoryBackend;
 
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("wharf-kv-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("kv.redb")
+    }
+
     #[tokio::test]
-    async fn redb_increment_is_exact_and_durable() {
-        let dir = std::env::temp_dir().join(format!("wharf-kv-test-{}", std::process::id()));
-        let path = dir.join("kv.redb");
-        let _ = std::fs::remove_file(&path);
+    async fn concurrent_increments_are_exact_and_durable() {
+        let path = temp_db("increments");
         {
-            let backend = Arc::new(RedbBackend::open(&path).unwrap());
-            let tasks: Vec<_> = (0..50)
+            let backend = Arc::new(RedbBackend::open(&path, KeyValueLimits::default()).unwrap());
+            let tasks: Vec<_> = (0..200)
                 .map(|_| {
                     let backend = backend.clone();
                     tokio::spawn(async move { backend.increment("s".into(), "k".into(), 1).await.unwrap() })
@@ -138,18 +296,72 @@ mod tests {
             let mut seen: Vec<u64> =
                 futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
             seen.sort();
-            assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+            assert_eq!(seen, (1..=200).collect::<Vec<_>>(), "each increment saw its own value");
         }
-        let reopened = RedbBackend::open(&path).unwrap();
-        assert_eq!(reopened.get("s".into(), "k".into()).await.unwrap(), Some(b"50".to_vec()));
-        assert_eq!(reopened.list_keys("s".into()).await.unwrap(), vec!["k".to_string()]);
-        let _ = std::fs::remove_dir_all(&dir);
+        let reopened = RedbBackend::open(&path, KeyValueLimits::default()).unwrap();
+        assert_eq!(
+            reopened.get_many("s".into(), vec!["k".into()]).await.unwrap(),
+            vec![Some(b"200".to_vec())]
+        );
+        let page = reopened.list_keys("s".into(), ListStart::Beginning, 10).await.unwrap();
+        assert_eq!((page.keys, page.next), (vec!["k".to_string()], None));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[tokio::test]
-    async fn increment_rejects_non_numbers() {
-        let backend = MemoryBackend::default();
-        backend.set("s".into(), "k".into(), b"abc".to_vec()).await.unwrap();
-        assert!(backend.increment("s".into(), "k".into(), 1).await.is_err());
+    async fn a_failing_write_does_not_spoil_the_others_in_its_group() {
+        let path = temp_db("group");
+        let backend = Arc::new(RedbBackend::open(&path, KeyValueLimits::default()).unwrap());
+        backend.set_many("s".into(), vec![("word".into(), b"abc".to_vec())]).await.unwrap();
+        let (good, bad) = tokio::join!(
+            backend.increment("s".into(), "n".into(), 2),
+            backend.increment("s".into(), "word".into(), 1),
+        );
+        assert_eq!(good.unwrap(), 2);
+        assert!(bad.is_err(), "not a number");
+        drop(backend);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn stores_are_held_to_their_key_count() {
+        let limits = KeyValueLimits { max_keys_per_store: 3, ..KeyValueLimits::default() };
+        let path = temp_db("full");
+        let redb: Arc<dyn Backend> = Arc::new(RedbBackend::open(&path, limits).unwrap());
+        let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new(limits));
+        for backend in [redb, memory] {
+            let three = (0..3).map(|i| (format!("k{i}"), b"v".to_vec())).collect();
+            backend.set_many("s".into(), three).await.unwrap();
+            assert!(backend.set_many("s".into(), vec![("k3".into(), b"v".to_vec())]).await.is_err());
+            assert!(backend.increment("s".into(), "new".into(), 1).await.is_err());
+            backend.set_many("s".into(), vec![("k0".into(), b"w".to_vec())]).await.unwrap();
+            backend.delete_many("s".into(), vec!["k1".into()]).await.unwrap();
+            backend.set_many("s".into(), vec![("k3".into(), b"v".to_vec())]).await.unwrap();
+        }
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn keys_are_listed_in_pages() {
+        let path = temp_db("pages");
+        let redb: Arc<dyn Backend> = Arc::new(RedbBackend::open(&path, KeyValueLimits::default()).unwrap());
+        let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        for backend in [redb, memory] {
+            let keys: Vec<(String, Vec<u8>)> = (0..25).map(|i| (format!("k{i:02}"), vec![])).collect();
+            backend.set_many("s".into(), keys).await.unwrap();
+            let (mut all, mut start, mut pages) = (Vec::new(), ListStart::Beginning, 0);
+            loop {
+                let page = backend.list_keys("s".into(), start, 10).await.unwrap();
+                pages += 1;
+                all.extend(page.keys);
+                match page.next {
+                    Some(next) => start = next,
+                    None => break,
+                }
+            }
+            assert_eq!(pages, 3);
+            assert_eq!(all, (0..25).map(|i| format!("k{i:02}")).collect::<Vec<_>>());
+        }
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -30,6 +30,10 @@ pub struct OutboundClient {
     pub(super) metrics: Arc<OutboundMetrics>,
     /// Where `http://self` requests go (set when serving starts).
     pub self_dispatch: OnceLock<Arc<dyn super::SelfDispatch>>,
+    /// The circuit breaker of each upstream host.
+    pub breakers: Arc<super::breaker::Breakers>,
+    pub(super) refused_log: crate::telemetry::summary::LogSummary,
+    pub(super) denied_log: crate::telemetry::summary::LogSummary,
 }
 
 impl OutboundClient {
@@ -77,15 +81,44 @@ impl OutboundClient {
             .pool_max_idle_per_host(settings.max_idle_per_host)
             .pool_idle_timeout(settings.idle_timeout)
             .build(connector);
-        Ok(Self { client, settings: settings.clone(), metrics, self_dispatch: OnceLock::new() })
+        Ok(Self {
+            client,
+            settings: settings.clone(),
+            metrics,
+            self_dispatch: OnceLock::new(),
+            breakers: super::breaker::Breakers::new(settings.breaker_failures, settings.breaker_open),
+            refused_log: crate::telemetry::summary::LogSummary::default(),
+            denied_log: crate::telemetry::summary::LogSummary::default(),
+        })
     }
 
-    /// Sends `request` (already allowed) and returns the response, whose
-    /// body holds the host slot and enforces the remaining deadlines.
+    /// Sends `request` (already allowed by allow-list entry `entry`) through
+    /// its host's circuit breaker and returns the response, whose body
+    /// holds the host slot and enforces the remaining deadlines.
     pub(super) async fn send(
+        self: Arc<Self>,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        entry: &str,
+    ) -> Result<http::Response<WasiBody>, HttpError> {
+        let host = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+        let Ok(call) = self.breakers.admit(&host) else {
+            self.metrics.request(entry, 0);
+            if let Some(count) = self.refused_log.note() {
+                tracing::warn!(%host, refused = count, "outbound calls refused at once: the host's circuit breaker is open");
+            }
+            return Err(HttpError::DestinationUnavailable);
+        };
+        let result = self.send_now(request, options, entry).await;
+        call.done(matches!(&result, Ok(response) if response.status().as_u16() < 500));
+        result
+    }
+
+    async fn send_now(
         self: Arc<Self>,
         mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
+        entry: &str,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let started = Instant::now();
         let total = self.settings.total_timeout;
@@ -99,7 +132,7 @@ impl OutboundClient {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             tokio::spawn(io);
             self.metrics.connection_opened(&authority);
-            self.metrics.request(&authority, response.status().as_u16());
+            self.metrics.request(entry, response.status().as_u16());
             return Ok(response.map(http_body_util::BodyExt::boxed_unsync));
         }
 
@@ -108,16 +141,16 @@ impl OutboundClient {
         let headers_within = first_byte.map_or(total, |f| tighter(total, Some(connect + f)));
         let response = match tokio::time::timeout(headers_within, self.client.request(request)).await {
             Err(_) => {
-                self.metrics.request(&authority, 0);
+                self.metrics.request(entry, 0);
                 return Err(HttpError::ConnectionReadTimeout);
             }
             Ok(Err(error)) => {
-                self.metrics.request(&authority, 0);
+                self.metrics.request(entry, 0);
                 return Err(client_error(error));
             }
             Ok(Ok(response)) => response,
         };
-        self.metrics.request(&authority, response.status().as_u16());
+        self.metrics.request(entry, response.status().as_u16());
         let deadline = tokio::time::Instant::from_std(started) + total;
         Ok(response.map(|body| {
             http_body_util::BodyExt::boxed_unsync(OutboundBody {

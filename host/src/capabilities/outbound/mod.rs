@@ -11,15 +11,21 @@
 //! must match the component's `allowed_outbound_hosts` (Spin's syntax;
 //! default deny): a denied one gets `HTTP-request-denied`.
 
+pub mod breaker;
 mod client;
 
 pub use client::OutboundClient;
 
 use crate::manifest::AllowList;
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Where a request to `http://self` goes: the app itself, in process
@@ -46,13 +52,29 @@ pub struct Origin {
     pub hops: u32,
 }
 
-/// The `wasi:http` hooks of one instance: the allow-list check, `self`
-/// dispatch and the shared client.
+/// What one instance may send: a number of requests in all, a number at
+/// once (more wait their turn, holding nothing).
+pub struct OutboundBudget {
+    sent: u32,
+    max: u32,
+    in_flight: Arc<Semaphore>,
+}
+
+impl OutboundBudget {
+    /// `max` requests in all, `concurrent` at once.
+    pub fn new(max: u32, concurrent: u32) -> Self {
+        Self { sent: 0, max, in_flight: Arc::new(Semaphore::new(concurrent as usize)) }
+    }
+}
+
+/// The `wasi:http` hooks of one instance: the allow-list check, its
+/// outbound budget, `self` dispatch and the shared client.
 pub struct OutboundHooks {
     pub(crate) client: Arc<OutboundClient>,
     pub(crate) allowed: Arc<AllowList>,
     pub(crate) component: Arc<str>,
     pub(crate) origin: Origin,
+    pub(crate) budget: OutboundBudget,
 }
 
 impl WasiHttpHooks for OutboundHooks {
@@ -75,25 +97,68 @@ impl WasiHttpHooks for OutboundHooks {
         let host = uri.host().unwrap_or("").to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
         let client = self.client.clone();
-        if !self.allowed.allows(&scheme, &host, port) {
-            tracing::warn!(component = %self.component, url = %uri, "outbound request denied: not in allowed_outbound_hosts");
-            client.metrics.denied(&format!("{host}:{port}"));
+        let Some(entry) = self.allowed.matching(&scheme, &host, port).map(ToString::to_string) else {
+            client.metrics.denied();
+            if let Some(count) = client.denied_log.note() {
+                tracing::warn!(component = %self.component, url = %uri, denied = count,
+                    "outbound requests denied: not in allowed_outbound_hosts (this one and the count since the last such line)");
+            }
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        };
+        if self.budget.sent >= self.budget.max {
+            client.metrics.over_budget();
+            if let Some(count) = client.denied_log.note() {
+                tracing::warn!(component = %self.component, max = self.budget.max, refused = count,
+                    "outbound request refused: the instance used its max_outbound_requests");
+            }
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        self.budget.sent += 1;
+        let in_flight = self.budget.in_flight.clone();
         let no_body_result = || Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
-        if host == "self" {
-            let Some(dispatch) = client.self_dispatch.get().cloned() else {
-                return Box::new(async { Err(HttpError::DestinationUnavailable) });
-            };
-            let origin = self.origin;
-            return Box::new(async move {
-                let response = dispatch.dispatch(request, origin).await?;
-                Ok((response, no_body_result()))
-            });
-        }
+        let origin = self.origin;
         Box::new(async move {
-            let response = client.send(request, options).await?;
+            // Waits its turn under max_concurrent_outbound_requests; the
+            // slot is held until the response body is done with.
+            let permit = in_flight.acquire_owned().await.map_err(|_| HttpError::ConnectionLimitReached)?;
+            let response = if host == "self" {
+                let dispatch =
+                    client.self_dispatch.get().cloned().ok_or(HttpError::DestinationUnavailable)?;
+                dispatch.dispatch(request, origin).await?
+            } else {
+                client.send(request, options, &entry).await?
+            };
+            let response = response.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(PermitBody { inner: body, _permit: permit })
+            });
             Ok((response, no_body_result()))
         })
+    }
+}
+
+/// A response body that holds its instance's outbound slot until it is
+/// done with.
+struct PermitBody {
+    inner: WasiBody,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Body for PermitBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -1,0 +1,71 @@
+//! Fair CPU between the guests of one runtime thread. Every running guest
+//! yields at each epoch tick; a guest that yields for that reason is parked
+//! in this thread's idle queue and woken only when the thread has nothing
+//! else to run, one at a time, with the network polled in between. So a
+//! guest that computes for a long time gets the thread's spare time, and a
+//! request arriving meanwhile waits at most the slice already running (one
+//! tick), not the runtime's 61-poll event interval times the tick.
+//!
+//! The server's runtime threads install the queue and wake it from their
+//! park hook; on any other thread a tick is a plain yield.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+thread_local! {
+    static IDLE: RefCell<Option<VecDeque<Waker>>> = const { RefCell::new(None) };
+}
+
+/// Gives this thread an idle queue; its runtime must call [`on_park`] from
+/// its `on_thread_park` hook.
+pub fn install_on_this_thread() {
+    IDLE.with(|idle| *idle.borrow_mut() = Some(VecDeque::new()));
+}
+
+/// The thread is about to park, having nothing to run: the guest that has
+/// waited longest may run again, once the network has been polled and
+/// whatever it woke has run (a task that yields with tokio's `yield_now`
+/// is rescheduled only after the driver is polled).
+pub fn on_park() {
+    let next = IDLE.with(|idle| idle.borrow_mut().as_mut().and_then(VecDeque::pop_front));
+    if let Some(waker) = next {
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            waker.wake();
+        });
+    }
+}
+
+/// The future a guest awaits at each epoch tick.
+pub fn yield_to_others() -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(YieldToOthers { parked: false })
+}
+
+struct YieldToOthers {
+    parked: bool,
+}
+
+impl Future for YieldToOthers {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.parked {
+            return Poll::Ready(());
+        }
+        self.parked = true;
+        let queued = IDLE.with(|idle| match idle.borrow_mut().as_mut() {
+            Some(queue) => {
+                queue.push_back(cx.waker().clone());
+                true
+            }
+            None => false,
+        });
+        if !queued {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
