@@ -89,7 +89,11 @@ async fn silent_connections_are_closed_at_the_header_deadline() {
     let (server, _dir) = TestServer::start(&tight("")).await;
     sixteen_are_closed_in_time(&server, |stream| async { stream }).await;
     a_normal_client_is_served(&server).await;
-    assert!(server.app.telemetry.metrics.connections_timed_out("header_timeout") >= 16);
+    let metrics = &server.app.telemetry.metrics;
+    eventually("16 header timeouts counted", 5 * SECOND, || {
+        metrics.connections_timed_out("header_timeout") >= 16
+    })
+    .await;
     server.stop().await;
 }
 
@@ -138,7 +142,12 @@ async fn idle_http1_keep_alive_connections_are_closed_at_the_keepalive_timeout()
     })
     .await;
     a_normal_client_is_served(&server).await;
-    assert!(server.app.telemetry.metrics.connections_timed_out("keepalive_timeout") >= 16);
+    // Counted just after each socket is closed.
+    let metrics = &server.app.telemetry.metrics;
+    eventually("16 keep-alive timeouts counted", 5 * SECOND, || {
+        metrics.connections_timed_out("keepalive_timeout") >= 16
+    })
+    .await;
     server.stop().await;
 }
 
@@ -330,7 +339,9 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
     let line = server.access_line("the stream's line", |l| l["path"] == "/long-stream").await;
     assert_eq!(line["outcome"], "timed_out", "{line}");
     assert_eq!(line["reason"], "connection ended by its send_timeout", "{line}");
-    assert_eq!(server.app.telemetry.metrics.connections_timed_out("send_timeout"), 1);
+    let metrics = &server.app.telemetry.metrics;
+    eventually("the send timeout counted", 5 * SECOND, || metrics.connections_timed_out("send_timeout") == 1)
+        .await;
     drop(stuck);
     assert_eq!(get(&http1_client(), &server.url("/hello")).await.status, 200);
     server.stop().await;

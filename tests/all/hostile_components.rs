@@ -375,12 +375,12 @@ async fn a_swapped_modified_or_symlinked_cache_entry_is_rebuilt_never_run() {
     let hello_entry = server
         .app
         .runtime
-        .compile_cache_entry(&server.app.routes.current().component("hello").unwrap().digest)
+        .compile_cache_entry(server.app.routes.current().component("hello").unwrap())
         .unwrap();
     let counter_entry = server
         .app
         .runtime
-        .compile_cache_entry(&server.app.routes.current().component("counter").unwrap().digest)
+        .compile_cache_entry(server.app.routes.current().component("counter").unwrap())
         .unwrap();
     server.stop().await;
     let cache_dir = hello_entry.parent().unwrap().to_path_buf();

@@ -13,3 +13,4 @@ mod outbound;
 mod streaming;
 mod tls;
 mod upstream;
+mod wasi_p3;

@@ -2,7 +2,8 @@
 //! it, as `application/octet-stream`. A body cut off by the host (too large)
 //! gets 400 `incomplete body`. With `?inspect` it answers the request as the
 //! guest sees it instead: JSON with `method`, `path_with_query`, `scheme`,
-//! `authority` and `headers` (a list of `[name, value]`).
+//! `authority` and `headers` (a list of `[name, value]`). With `?count` it
+//! answers how many requests this instance has taken (1 unless reused).
 
 use wharf_guest::bindings::exports::wasi::http::incoming_handler::Guest;
 use wharf_guest::bindings::wasi::http::types::{IncomingBody, IncomingRequest, ResponseOutparam, Scheme};
@@ -10,8 +11,15 @@ use wharf_guest::bindings::wasi::io::streams::StreamError;
 
 struct Echo;
 
+/// Requests this instance has taken (more than one only when reused).
+static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Guest for Echo {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let taken = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if wharf_guest::query_param(&request, "count").is_some() {
+            return wharf_guest::respond(out, 200, "text/plain", taken.to_string().as_bytes());
+        }
         if wharf_guest::query_param(&request, "inspect").is_some() {
             return inspect(&request, out);
         }

@@ -87,7 +87,9 @@ impl App {
             guest_output_budget: settings.max_guest_output_bytes,
         };
         let engine_settings = EngineSettings {
-            max_instances: settings.max_concurrent_requests,
+            // A slot per request in flight; with reuse, as many again for the
+            // reused instances (at most one per request at a route's peak).
+            max_instances: settings.max_concurrent_requests * if manifest.reuses_instances() { 2 } else { 1 },
             max_instance_memory: settings.max_instance_memory,
             pooling: options.pooling,
             fuel: manifest.uses_fuel(),

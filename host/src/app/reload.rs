@@ -52,7 +52,7 @@ impl App {
         let started = Instant::now();
         let outcome = self
             .runtime
-            .load_component(&spec)
+            .load_component(&spec, current.reuses(name))
             .with_context(|| format!("component {name:?} ({})", spec.source.display()));
         let loaded = match outcome {
             Ok(loaded) => loaded,
@@ -66,7 +66,7 @@ impl App {
             return Ok(ReloadReport { swapped: vec![], unchanged: vec![name.to_string()] });
         }
         let loaded = Arc::new(loaded);
-        self.routes.replace(current.with_component(&loaded));
+        self.routes.replace(current.with_component(&self.runtime, &loaded));
         self.telemetry.metrics.reload(true);
         tracing::info!(component = name, digest = %&loaded.digest[..12], cache = ?loaded.cache, took_ms = started.elapsed().as_millis() as u64, "component swapped");
         Ok(ReloadReport { swapped: vec![name.to_string()], unchanged: vec![] })

@@ -5,6 +5,8 @@
 
 use crate::manifest::{Manifest, RouteSpec};
 use crate::policy::RoutePolicy;
+use crate::runtime::invoke::Deadlines;
+use crate::runtime::reuse::Reuse;
 use crate::runtime::{LoadedComponent, Runtime};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -20,6 +22,15 @@ pub struct Route {
     /// Its own rate limit, worker pool and auth (shared across component
     /// swaps, so a swap does not reset a queue).
     pub policy: Arc<RoutePolicy>,
+    /// Its reused instances, if it reuses them.
+    pub reuse: Option<Arc<Reuse>>,
+}
+
+impl Route {
+    /// The deadlines its requests run under.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines { headers: self.spec.timeout, idle: self.spec.idle_timeout, total: self.spec.max_duration }
+    }
 }
 
 /// Routes ordered most specific first.
@@ -52,19 +63,31 @@ impl RouteTable {
         components
     }
 
+    /// Whether some route reuses the instances of component `name`.
+    pub fn reuses(&self, name: &str) -> bool {
+        self.routes.iter().any(|r| r.component.name == name && r.spec.reuse.is_some())
+    }
+
     /// This table with `component` serving every route that names it.
-    pub fn with_component(&self, component: &Arc<LoadedComponent>) -> RouteTable {
+    pub fn with_component(&self, runtime: &Arc<Runtime>, component: &Arc<LoadedComponent>) -> RouteTable {
         let routes = self
             .routes
             .iter()
-            .map(|route| Route {
-                spec: route.spec.clone(),
-                component: if route.component.name == component.name {
-                    component.clone()
-                } else {
-                    route.component.clone()
-                },
-                policy: route.policy.clone(),
+            .map(|route| {
+                if route.component.name != component.name {
+                    return Route {
+                        spec: route.spec.clone(),
+                        component: route.component.clone(),
+                        policy: route.policy.clone(),
+                        reuse: route.reuse.clone(),
+                    };
+                }
+                Route {
+                    spec: route.spec.clone(),
+                    component: component.clone(),
+                    policy: route.policy.clone(),
+                    reuse: reuse_for(runtime, &route.spec, component),
+                }
             })
             .collect();
         RouteTable { routes }
@@ -97,7 +120,7 @@ impl Registry {
 /// routes with their policies; a route of `previous` with the same path
 /// keeps the policy state whose settings did not change.
 pub fn load_routes(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     manifest: &Manifest,
     previous: Option<&RouteTable>,
 ) -> Result<RouteTable> {
@@ -107,8 +130,9 @@ pub fn load_routes(
             continue;
         }
         let spec = &manifest.components[&route.component];
+        let reused = manifest.routes.iter().any(|r| r.component == spec.name && r.reuse.is_some());
         let component = runtime
-            .load_component(spec)
+            .load_component(spec, reused)
             .with_context(|| format!("component {:?} ({})", spec.name, spec.source.display()))?;
         loaded.insert(&spec.name, Arc::new(component));
     }
@@ -120,8 +144,21 @@ pub fn load_routes(
         let policy =
             RoutePolicy::from_spec(spec, before).with_context(|| format!("route {:?}", spec.path))?;
         let component = loaded[spec.component.as_str()].clone();
-        routes.push(Route { spec: spec.clone(), component, policy: Arc::new(policy) });
+        let reuse = reuse_for(runtime, spec, &component);
+        routes.push(Route { spec: spec.clone(), component, policy: Arc::new(policy), reuse });
     }
     routes.sort_by_key(|route| std::cmp::Reverse(route.spec.matcher.specificity()));
     Ok(RouteTable { routes })
+}
+
+/// The reused instances a route with `spec` keeps of `component`, if it
+/// reuses them.
+fn reuse_for(
+    runtime: &Arc<Runtime>,
+    spec: &RouteSpec,
+    component: &Arc<LoadedComponent>,
+) -> Option<Arc<Reuse>> {
+    let reuse = spec.reuse?;
+    let deadlines = Deadlines { headers: spec.timeout, idle: spec.idle_timeout, total: spec.max_duration };
+    Some(Arc::new(Reuse::new(runtime.clone(), component.clone(), reuse, deadlines)))
 }

@@ -14,7 +14,7 @@ use super::response::{self, ResponseBody};
 use crate::App;
 use crate::capabilities::outbound::{Origin, SelfDispatch};
 use crate::policy::Rejection;
-use crate::runtime::invoke::{self, Deadlines, RequestContext};
+use crate::runtime::invoke::{self, RequestContext};
 use crate::telemetry::record::RequestRecord;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -186,13 +186,13 @@ where
         limit,
         too_large: too_large.clone(),
     });
-    let deadlines = Deadlines {
-        headers: route.spec.timeout,
-        idle: route.spec.idle_timeout,
-        total: route.spec.max_duration,
+    let deadlines = route.deadlines();
+    let outcome = match &route.reuse {
+        None => {
+            invoke::invoke(&app.runtime, &route.component, deadlines, context, request, (slots, worker)).await
+        }
+        Some(reuse) => invoke::invoke_reused(reuse, deadlines, request, (slots, worker)).await,
     };
-    let outcome =
-        invoke::invoke(&app.runtime, &route.component, deadlines, context, request, (slots, worker)).await;
     // A body found too large while streaming in wins over whatever the guest
     // made of its truncated input, as long as no headers have gone out.
     if too_large.load(Ordering::Acquire) {

@@ -214,6 +214,20 @@ pub struct RouteSpec {
     pub workers: Option<WorkerPoolSpec>,
     /// Bearer-token authentication, if required.
     pub auth: Option<AuthSpec>,
+    /// Instance reuse, if the route asks for it (default: a fresh instance
+    /// per request).
+    pub reuse: Option<ReuseSpec>,
+}
+
+/// A route's instance reuse (`reuse = { ... }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReuseSpec {
+    /// Requests one instance serves before it is retired. Default 128.
+    pub max_requests: usize,
+    /// Requests one WASI 0.3 instance serves at once. Default 16.
+    pub max_concurrent: usize,
+    /// An instance idle this long is retired. Default 10 s.
+    pub idle_timeout: Duration,
 }
 
 /// A route's worker pool.
@@ -432,6 +446,15 @@ struct RawRoute {
     workers: Option<usize>,
     queue: Option<usize>,
     auth: Option<RawAuth>,
+    reuse: Option<RawReuse>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReuse {
+    max_requests: Option<usize>,
+    max_concurrent: Option<usize>,
+    idle_timeout_secs: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +490,11 @@ const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
 
 impl Manifest {
+    /// Whether some route reuses instances.
+    pub fn reuses_instances(&self) -> bool {
+        self.routes.iter().any(|r| r.reuse.is_some())
+    }
+
     /// Whether any component asks for fuel metering.
     pub fn uses_fuel(&self) -> bool {
         self.components.values().any(|c| c.limits.fuel.is_some())
@@ -534,6 +562,25 @@ impl Manifest {
                 (Some(workers), queue) => Some(WorkerPoolSpec { workers, queue: queue.unwrap_or(0) }),
             };
             let auth = raw.auth.map(|a| a.validate(dir)).transpose().with_context(context)?;
+            let reuse = raw
+                .reuse
+                .map(|r| -> Result<ReuseSpec> {
+                    let spec = ReuseSpec {
+                        max_requests: r.max_requests.unwrap_or(128),
+                        max_concurrent: r.max_concurrent.unwrap_or(16),
+                        idle_timeout: parse_secs(
+                            r.idle_timeout_secs,
+                            Duration::from_secs(10),
+                            "reuse.idle_timeout_secs",
+                        )?,
+                    };
+                    if spec.max_requests == 0 || spec.max_concurrent == 0 {
+                        bail!("reuse.max_requests and reuse.max_concurrent must be at least 1");
+                    }
+                    Ok(spec)
+                })
+                .transpose()
+                .with_context(context)?;
             routes.push(RouteSpec {
                 path: raw.path,
                 matcher,
@@ -545,6 +592,7 @@ impl Manifest {
                 rate_limit,
                 workers,
                 auth,
+                reuse,
             });
         }
         if routes.is_empty() {

@@ -4,7 +4,9 @@
 //! for the handler it exports, and pre-instantiated. A [`LoadedComponent`]
 //! is what requests instantiate.
 
-use super::cache::{CacheOutcome, CompileCache};
+use super::Runtime;
+use super::cache::CacheOutcome;
+use super::engine::HandlerKind;
 use super::host::Host;
 use crate::manifest::{AllowList, ComponentSpec, InstanceLimits};
 use anyhow::{Context, Result, anyhow, bail};
@@ -16,10 +18,14 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_config::WasiConfigVariables;
 
-/// The export a WASI 0.2 HTTP component must have (any 0.2.x version).
-const P2_HANDLER_PREFIX: &str = "wasi:http/incoming-handler@0.2";
-/// The export of a WASI 0.3 HTTP component (recognised, not yet served).
-const P3_HANDLER_PREFIX: &str = "wasi:http/handler@0.3";
+/// The export of a WASI 0.2 HTTP component (any 0.2.x version).
+const P2_HANDLER_PREFIX: &str = "wasi:http/incoming-handler@0.2.";
+/// The export of a WASI 0.3 HTTP component, any version...
+const P3_HANDLER_PREFIX: &str = "wasi:http/handler@";
+/// ...of which Wharf (wasmtime 48) serves this one.
+const P3_HANDLER: &str = "wasi:http/handler@0.3.0";
+/// What Wharf serves, for error messages.
+const SERVED: &str = "wasi:http/incoming-handler@0.2.x (WASI 0.2) or wasi:http/handler@0.3.0 (WASI 0.3)";
 
 /// A component compiled, checked against the linker and pre-instantiated.
 pub struct LoadedComponent {
@@ -33,6 +39,11 @@ pub struct LoadedComponent {
     pub loaded_at: SystemTime,
     /// Whether its compiled code came from the on-disk cache.
     pub cache: CacheOutcome,
+    /// WASI 0.2 or 0.3.
+    pub kind: HandlerKind,
+    /// Whether it was loaded for instance reuse (on the WASI 0.3 engine).
+    pub reused: bool,
+    pub(crate) engine: wasmtime::Engine,
     pub(crate) handler: HandlerPre,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) key_value_stores: Arc<[String]>,
@@ -45,26 +56,31 @@ pub struct LoadedComponent {
 pub(crate) enum HandlerPre {
     /// `wasi:http/incoming-handler@0.2.x`.
     P2(wasmtime_wasi_http::p2::bindings::ProxyPre<Host>),
+    /// `wasi:http/handler@0.3.0`.
+    P3(wasmtime_wasi_http::p3::bindings::ServicePre<Host>),
 }
 
-/// Compiles (or loads from `cache`) one component and checks its exports
-/// and imports.
-pub fn load(
-    engine: &Engine,
-    linker: &Linker<Host>,
-    spec: &ComponentSpec,
-    cache: Option<&CompileCache>,
-) -> Result<LoadedComponent> {
+/// Reads one component, finds which handler it exports, compiles it (or
+/// loads it from the cache) with that kind's engine, and checks its
+/// imports and its share of the pool. `reused`: a route reuses its
+/// instances, which takes the WASI 0.3 engine even for a 0.2 handler.
+pub fn load(runtime: &Runtime, spec: &ComponentSpec, reused: bool) -> Result<LoadedComponent> {
     let bytes = std::fs::read(&spec.source).context("cannot read the component file")?;
     check_is_component(&bytes)?;
+    let kind = handler_kind(&bytes)?;
+    let engine_kind = if reused { HandlerKind::P3 } else { kind };
+    let parts = runtime.engine_for(engine_kind)?;
     let digest = hex(&Sha256::digest(&bytes));
-    let (component, cache) = match cache {
-        Some(cache) => cache.load_or_compile(engine, &bytes, &digest)?,
-        None => (super::cache::compile(engine, &bytes)?, CacheOutcome::Disabled),
+    let (component, cache) = match &parts.compile_cache {
+        Some(cache) => cache.load_or_compile(&parts.engine, &bytes, &digest)?,
+        None => (super::cache::compile(&parts.engine, &bytes)?, CacheOutcome::Disabled),
     };
     super::limits::check_shares(&component)?;
-    let handler = pre_instantiate(engine, linker, &component)?;
+    let handler = pre_instantiate(&parts.engine, &parts.linker, &component, kind)?;
     Ok(LoadedComponent {
+        kind,
+        reused,
+        engine: parts.engine.clone(),
         name: spec.name.clone(),
         source: spec.source.clone(),
         digest,
@@ -94,25 +110,62 @@ fn check_is_component(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn pre_instantiate(engine: &Engine, linker: &Linker<Host>, component: &Component) -> Result<HandlerPre> {
+/// Which handler the component exports, read from its top-level export
+/// section before anything is compiled (the two kinds need different
+/// engines).
+fn handler_kind(bytes: &[u8]) -> Result<HandlerKind> {
+    let mut exports = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.context("not a valid WebAssembly component")? {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 1 => {
+                for export in reader {
+                    exports.push(export.context("not a valid WebAssembly component")?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let p2 = exports.iter().find(|name| name.starts_with(P2_HANDLER_PREFIX));
+    let p3 = exports.iter().find(|name| name.starts_with(P3_HANDLER_PREFIX));
+    let listed = || if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+    match (p2, p3) {
+        (Some(_), Some(_)) => bail!(
+            "it exports both a WASI 0.2 and a WASI 0.3 HTTP handler ({}); Wharf serves one handler per component: {SERVED}",
+            listed()
+        ),
+        (Some(_), None) => Ok(HandlerKind::P2),
+        (None, Some(name)) if name == P3_HANDLER => Ok(HandlerKind::P3),
+        (None, Some(name)) => bail!(
+            "it exports {name}, a version of WASI HTTP that Wharf does not serve; Wharf serves {SERVED}: build against wasi:http@0.3.0 (the wasip3 crate 0.7, spin-sdk 7)"
+        ),
+        (None, None) => bail!("it exports no HTTP handler (it exports: {}); Wharf serves {SERVED}", listed()),
+    }
+}
+
+fn pre_instantiate(
+    _engine: &Engine,
+    linker: &Linker<Host>,
+    component: &Component,
+    kind: HandlerKind,
+) -> Result<HandlerPre> {
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| anyhow!("it imports something Wharf does not provide: {e}"))?;
-    let exports: Vec<String> =
-        component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
-    if exports.iter().any(|name| name.starts_with(P2_HANDLER_PREFIX)) {
-        let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .context("its wasi:http/incoming-handler export has an unexpected type")?;
-        return Ok(HandlerPre::P2(pre));
-    }
-    if exports.iter().any(|name| name.starts_with(P3_HANDLER_PREFIX)) {
-        bail!("WASI 0.3 (wasi:http/handler@0.3) components are not served yet; build for WASI 0.2");
-    }
-    bail!(
-        "it does not export wasi:http/incoming-handler (it exports: {})",
-        if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
-    )
+    Ok(match kind {
+        HandlerKind::P2 => HandlerPre::P2(
+            wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre)
+                .map_err(anyhow::Error::from)
+                .context("its wasi:http/incoming-handler export has an unexpected type")?,
+        ),
+        HandlerKind::P3 => HandlerPre::P3(
+            wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre)
+                .map_err(anyhow::Error::from)
+                .context("its wasi:http/handler export has an unexpected type")?,
+        ),
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {

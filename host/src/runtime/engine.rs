@@ -39,6 +39,26 @@ pub struct EngineSettings {
     pub epoch_interruption: bool,
 }
 
+/// Which WASI HTTP handler an engine runs: WASI 0.2 ones need none of the
+/// component-model concurrency machinery, WASI 0.3 ones need all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandlerKind {
+    /// `wasi:http/incoming-handler@0.2.x`.
+    P2,
+    /// `wasi:http/handler@0.3.0`.
+    P3,
+}
+
+impl HandlerKind {
+    /// How logs and `/healthz` name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::P2 => "wasi-0.2",
+            Self::P3 => "wasi-0.3",
+        }
+    }
+}
+
 /// Which instance allocator the engine ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AllocatorKind {
@@ -48,10 +68,10 @@ pub enum AllocatorKind {
     OnDemand,
 }
 
-/// Builds the engine, preferring the pooling allocator.
-pub fn build_engine(settings: &EngineSettings) -> Result<(Engine, AllocatorKind)> {
+/// Builds the engine for `kind`, preferring the pooling allocator.
+pub fn build_engine(settings: &EngineSettings, kind: HandlerKind) -> Result<(Engine, AllocatorKind)> {
     if settings.pooling {
-        match Engine::new(&config(settings, Some(pooling_config(settings)))) {
+        match Engine::new(&config(settings, kind, Some(pooling_config(settings)))) {
             Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
             Err(error) => tracing::warn!(
                 error = %error,
@@ -59,21 +79,29 @@ pub fn build_engine(settings: &EngineSettings) -> Result<(Engine, AllocatorKind)
             ),
         }
     }
-    let engine = Engine::new(&config(settings, None))
+    let engine = Engine::new(&config(settings, kind, None))
         .map_err(anyhow::Error::from)
         .context("cannot create the wasmtime engine")?;
     Ok((engine, AllocatorKind::OnDemand))
 }
 
-fn config(settings: &EngineSettings, pooling: Option<PoolingAllocationConfig>) -> Config {
+fn config(settings: &EngineSettings, kind: HandlerKind, pooling: Option<PoolingAllocationConfig>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(settings.epoch_interruption);
     config.consume_fuel(settings.fuel);
     // WASI 0.2 handlers need none of the component-model concurrency
     // machinery; with it on, every guest-to-host call allocates a host task
-    // (measured: several microseconds a request). WASI 0.3 handlers will
-    // turn it on when one is loaded.
-    config.concurrency_support(false);
+    // (measured: several microseconds a request). So the WASI 0.3 engine,
+    // made only when a 0.3 component is loaded, is the only one with it.
+    match kind {
+        HandlerKind::P2 => {
+            config.concurrency_support(false);
+        }
+        HandlerKind::P3 => {
+            config.concurrency_support(true);
+            config.wasm_component_model_async(true);
+        }
+    }
     // A reservation as large as the largest memory allowed: small slots keep
     // the pool's address space and page tables small (bounds checks are
     // explicit, which costs guests little).
@@ -134,11 +162,16 @@ pub fn start_epoch_ticker(engine: &Engine) {
 
 /// The linker with every import Wharf provides: all of WASI 0.2 (a Rust
 /// component built with std imports `wasi:cli/*`), `wasi:http`,
-/// `wasi:keyvalue` and `wasi:config`.
-pub fn build_linker(engine: &Engine) -> Result<Linker<Host>> {
+/// `wasi:keyvalue` and `wasi:config`; for WASI 0.3 components, all of WASI
+/// 0.3 and its `wasi:http` as well (they may import 0.2 interfaces too).
+pub fn build_linker(engine: &Engine, kind: HandlerKind) -> Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    if kind == HandlerKind::P3 {
+        wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+    }
     wasmtime_wasi_config::add_to_linker(&mut linker, |host: &mut Host| {
         wasmtime_wasi_config::WasiConfig::new(&host.config)
     })

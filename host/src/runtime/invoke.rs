@@ -151,15 +151,46 @@ where
     let started = Instant::now();
     let component = component.clone();
     let mut store = new_store(runtime, &component, &context);
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    let scheme = if context.https { Scheme::Https } else { Scheme::Http };
-    let (incoming, outparam) = {
-        let mut http = store.data_mut().http();
-        let incoming =
-            http.new_incoming_request(scheme, request).map_err(|e| InvokeError::BadRequest(e.to_string()))?;
-        let outparam =
-            http.new_response_outparam(sender).map_err(|e| InvokeError::Instantiation(e.to_string()))?;
-        (incoming, outparam)
+    // The headers the guest answers with, whichever WASI it speaks.
+    let (sender, receiver) = tokio::sync::oneshot::channel::<Result<GuestResponse, String>>();
+    let call = match &component.handler {
+        HandlerPre::P2(_) => {
+            let (p2_sender, p2_receiver) = tokio::sync::oneshot::channel();
+            let scheme = if context.https { Scheme::Https } else { Scheme::Http };
+            let mut http = store.data_mut().http();
+            let incoming = http
+                .new_incoming_request(scheme, request)
+                .map_err(|e| InvokeError::BadRequest(e.to_string()))?;
+            let outparam = http
+                .new_response_outparam(p2_sender)
+                .map_err(|e| InvokeError::Instantiation(e.to_string()))?;
+            // Forward the headers when they come; a dropped outparam drops
+            // the sender, which the receiver sees as closed.
+            tokio::spawn(async move {
+                if let Ok(headers) = p2_receiver.await {
+                    let _ = sender.send(headers.map_err(|code| format!("{code:?}")));
+                }
+            });
+            Call::P2 { incoming, outparam }
+        }
+        HandlerPre::P3(_) => {
+            let mut request = request;
+            let authority = request.uri().authority().cloned().or_else(|| {
+                request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()?.parse().ok())
+            });
+            let mut parts = request.uri().clone().into_parts();
+            parts.scheme =
+                Some(if context.https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+            parts.authority = authority;
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            *request.uri_mut() = http::Uri::from_parts(parts)
+                .map_err(|e| InvokeError::BadRequest(format!("no authority: {e}")))?;
+            let (request, io) =
+                wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
+            Call::P3 { request, io: Box::pin(io), sender }
+        }
     };
 
     let shared = Arc::new(InstanceShared { phase: AtomicU8::new(BEFORE_HEADERS), failed: OnceLock::new() });
@@ -171,9 +202,9 @@ where
         let _slots = slots;
         let mut store = store;
         let run = async {
-            match &component.handler {
-                HandlerPre::P2(pre) => {
-                    let instantiating = std::time::Instant::now();
+            let instantiating = std::time::Instant::now();
+            match (&component.handler, call) {
+                (HandlerPre::P2(pre), Call::P2 { incoming, outparam }) => {
                     let proxy = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
                     telemetry.metrics.instantiated(instantiating.elapsed().as_secs_f64());
                     proxy
@@ -182,6 +213,12 @@ where
                         .await
                         .map_err(|e| InvokeError::Trapped(format!("{e:#}")))
                 }
+                (HandlerPre::P3(pre), Call::P3 { request, io, sender }) => {
+                    let service = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
+                    telemetry.metrics.instantiated(instantiating.elapsed().as_secs_f64());
+                    serve_p3(&mut store, service, request, io, sender).await
+                }
+                _ => unreachable!("the call was prepared for the component's handler"),
             }
         };
         let result = tokio::select! {
@@ -240,7 +277,8 @@ where
             Ok(response.map(|body| GuestBody {
                 inner: body,
                 remaining: declared,
-                shared,
+                shared: Some(shared),
+                _held: None,
                 guard: Some(guard),
                 idle_timeout: deadlines.idle,
                 deadline: started + deadlines.total,
@@ -250,12 +288,65 @@ where
         }
         Err(code) => {
             guard.disarm();
-            Err(InvokeError::GuestError(format!("{code:?}")))
+            Err(InvokeError::GuestError(code))
         }
     }
 }
 
-fn new_store(runtime: &Runtime, component: &LoadedComponent, context: &RequestContext) -> Store<Host> {
+/// A response as hyper sends it, from either kind of guest.
+type GuestResponse = http::Response<HyperOutgoingBody>;
+
+/// The call prepared for the guest before its task starts.
+enum Call {
+    P2 {
+        incoming:
+            wasmtime::component::Resource<wasmtime_wasi_http::p2::bindings::http::types::IncomingRequest>,
+        outparam:
+            wasmtime::component::Resource<wasmtime_wasi_http::p2::bindings::http::types::ResponseOutparam>,
+    },
+    P3 {
+        request: wasmtime_wasi_http::p3::Request,
+        io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+        sender: tokio::sync::oneshot::Sender<Result<GuestResponse, String>>,
+    },
+}
+
+/// Runs a WASI 0.3 handler: calls it, hands its response to the client,
+/// and keeps the store's event loop turning while the guest streams the
+/// body and until every task it started is done.
+async fn serve_p3(
+    store: &mut Store<Host>,
+    service: wasmtime_wasi_http::p3::bindings::Service,
+    request: wasmtime_wasi_http::p3::Request,
+    io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+    sender: tokio::sync::oneshot::Sender<Result<GuestResponse, String>>,
+) -> Result<(), InvokeError> {
+    let outcome = store
+        .run_concurrent(async move |accessor| {
+            match service.handle(accessor, request).await {
+                Err(trap) => return Err(InvokeError::Trapped(format!("{trap:#}"))),
+                Ok(Err(code)) => {
+                    let _ = sender.send(Err(format!("{code:?}")));
+                }
+                Ok(Ok(response)) => {
+                    let converted = accessor.with(|mut access| {
+                        response.into_http_with_getter(&mut access, io, <Host as WasiHttpView>::http)
+                    });
+                    let _ = sender.send(converted.map_err(|e| format!("{e:#}")));
+                }
+            }
+            std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+            Ok(())
+        })
+        .await;
+    outcome.map_err(|trap| InvokeError::Trapped(format!("{trap:#}")))?
+}
+
+pub(crate) fn new_store(
+    runtime: &Runtime,
+    component: &LoadedComponent,
+    context: &RequestContext,
+) -> Store<Host> {
     let capabilities = &runtime.capabilities;
     let key_value = KeyValueCtx {
         shared: capabilities.key_value.clone(),
@@ -280,7 +371,7 @@ fn new_store(runtime: &Runtime, component: &LoadedComponent, context: &RequestCo
     };
     let live = LiveInstance::new(runtime.telemetry.metrics.live_instances_gauge());
     let host = Host::new(component.config.clone(), key_value, limits, outbound, output, live);
-    let mut store = Store::new(&runtime.engine, host);
+    let mut store = Store::new(&component.engine, host);
     store.limiter(|host| &mut host.limits);
     if runtime.fuel_metering {
         let _ = store.set_fuel(component.limits.fuel.unwrap_or(u64::MAX));
@@ -334,6 +425,40 @@ impl Drop for GuestTask {
     }
 }
 
+/// Runs `request` on one of `reuse`'s instances; `slots` are held until the
+/// response body ends.
+pub async fn invoke_reused<B>(
+    reuse: &super::reuse::Reuse,
+    deadlines: Deadlines,
+    request: http::Request<B>,
+    slots: impl Send + 'static,
+) -> Result<http::Response<GuestBody>, InvokeError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let started = Instant::now();
+    let request = request.map(|body| {
+        http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, Into::into))
+    });
+    let response = reuse.handle(request).await?;
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    Ok(response.map(|body| GuestBody {
+        inner: body,
+        remaining: declared,
+        shared: None,
+        _held: Some(Box::new(slots)),
+        guard: None,
+        idle_timeout: deadlines.idle,
+        deadline: started + deadlines.total,
+        idle: None,
+        overall: None,
+    }))
+}
+
 /// A response body whose guest trapped before finishing it.
 #[derive(Debug, thiserror::Error)]
 #[error("guest trapped while streaming its response")]
@@ -346,7 +471,10 @@ pub struct GuestBody {
     /// Bytes still to come when the guest declared a length: hyper stops
     /// polling once they are out, so that is where the body ends.
     remaining: Option<u64>,
-    shared: Arc<InstanceShared>,
+    /// The instance's fate, when the body has an instance of its own.
+    shared: Option<Arc<InstanceShared>>,
+    /// Slots held until the body ends (a reused instance's requests).
+    _held: Option<Box<dyn Send>>,
     guard: Option<GuestTask>,
     idle_timeout: Duration,
     deadline: Instant,
@@ -383,7 +511,7 @@ impl Body for GuestBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             // A body whose instance was dropped unfinished ends like a
             // finished one; the instance says which it was.
-            Poll::Ready(None) => match self.shared.failed.get() {
+            Poll::Ready(None) => match self.shared.as_ref().and_then(|s| s.failed.get()) {
                 None => {
                     if let Some(guard) = self.guard.take() {
                         guard.disarm();
@@ -393,7 +521,7 @@ impl Body for GuestBody {
                 Some(&"max duration") => Poll::Ready(Some(Err(Box::new(DeadlineExceeded("max duration"))))),
                 Some(_) => Poll::Ready(Some(Err(Box::new(GuestFailed)))),
             },
-            Poll::Ready(Some(Err(error))) => match self.shared.failed.get() {
+            Poll::Ready(Some(Err(error))) => match self.shared.as_ref().and_then(|s| s.failed.get()) {
                 Some(&"max duration") => Poll::Ready(Some(Err(Box::new(DeadlineExceeded("max duration"))))),
                 _ => Poll::Ready(Some(Err(error.into()))),
             },

@@ -3,7 +3,8 @@
 //! and pre-instantiated ([`component`]) with their compiled code cached on
 //! disk ([`cache`]), the per-instance state ([`host`]) and what it may hold
 //! ([`limits`]), one request run through a fresh instance ([`invoke`]), and
-//! fair CPU between the guests of a thread ([`fair`]).
+//! fair CPU between the guests of a thread ([`fair`]), and instances reused
+//! across requests where a route asks for it ([`reuse`]).
 //!
 //! It uses the capabilities guests import and the telemetry it reports to;
 //! it knows nothing of routes, listeners or admission.
@@ -15,9 +16,10 @@ pub mod fair;
 pub mod host;
 pub mod invoke;
 pub mod limits;
+pub mod reuse;
 
 pub use component::LoadedComponent;
-pub use engine::AllocatorKind;
+pub use engine::{AllocatorKind, HandlerKind};
 
 use crate::capabilities::Capabilities;
 use crate::manifest::ComponentSpec;
@@ -26,14 +28,29 @@ use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The engine, the linker and what every instance is given.
-pub struct Runtime {
-    /// The engine every component is compiled with.
+/// An engine with its linker and compile cache.
+pub struct EngineParts {
+    /// The engine.
     pub engine: wasmtime::Engine,
-    /// Which instance allocator the engine uses.
+    /// Which instance allocator it uses.
     pub allocator: AllocatorKind,
     pub(crate) linker: wasmtime::component::Linker<host::Host>,
     pub(crate) compile_cache: Option<cache::CompileCache>,
+}
+
+/// The engines, their linkers and what every instance is given. The WASI
+/// 0.2 engine is made at start; the WASI 0.3 one (with the component-model
+/// concurrency machinery, which would cost every 0.2 request) only when a
+/// 0.3 component is first loaded.
+pub struct Runtime {
+    /// The engine WASI 0.2 components are compiled with.
+    pub engine: wasmtime::Engine,
+    /// Which instance allocator it uses.
+    pub allocator: AllocatorKind,
+    p2: EngineParts,
+    p3: std::sync::OnceLock<EngineParts>,
+    settings: engine::EngineSettings,
+    cache_dir: Option<PathBuf>,
     pub(crate) fuel_metering: bool,
     pub(crate) epoch_interruption: bool,
     pub(crate) capabilities: Capabilities,
@@ -41,28 +58,25 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine (and its epoch ticker) and the linker; compiled
-    /// components are cached in `cache_dir` if given.
+    /// Builds the WASI 0.2 engine (and its epoch ticker) and linker;
+    /// compiled components are cached in `cache_dir` if given.
     pub fn new(
         settings: &engine::EngineSettings,
         cache_dir: Option<PathBuf>,
         capabilities: Capabilities,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self> {
-        let (engine, allocator) = engine::build_engine(settings)?;
-        tracing::info!(?allocator, max_instances = settings.max_instances, "engine ready");
-        if settings.epoch_interruption {
-            engine::start_epoch_ticker(&engine);
-        } else {
+        if !settings.epoch_interruption {
             tracing::warn!("epoch interruption is off: CPU-bound guests cannot be interrupted");
         }
-        let linker = engine::build_linker(&engine)?;
-        let compile_cache = cache_dir.map(|dir| cache::CompileCache::new(dir, &engine));
+        let p2 = Self::engine_parts(settings, cache_dir.as_deref(), HandlerKind::P2)?;
         Ok(Self {
-            engine,
-            allocator,
-            linker,
-            compile_cache,
+            engine: p2.engine.clone(),
+            allocator: p2.allocator,
+            p2,
+            p3: std::sync::OnceLock::new(),
+            settings: settings.clone(),
+            cache_dir,
             fuel_metering: settings.fuel,
             epoch_interruption: settings.epoch_interruption,
             capabilities,
@@ -70,16 +84,58 @@ impl Runtime {
         })
     }
 
-    /// Compiles (or loads from the cache), checks and pre-instantiates the
-    /// component `spec` describes.
-    pub fn load_component(&self, spec: &ComponentSpec) -> Result<LoadedComponent> {
-        component::load(&self.engine, &self.linker, spec, self.compile_cache.as_ref())
+    fn engine_parts(
+        settings: &engine::EngineSettings,
+        cache_dir: Option<&std::path::Path>,
+        kind: HandlerKind,
+    ) -> Result<EngineParts> {
+        let (engine, allocator) = engine::build_engine(settings, kind)?;
+        tracing::info!(
+            ?allocator,
+            kind = kind.label(),
+            max_instances = settings.max_instances,
+            "engine ready"
+        );
+        if settings.epoch_interruption {
+            engine::start_epoch_ticker(&engine);
+        }
+        let linker = engine::build_linker(&engine, kind)?;
+        let compile_cache = cache_dir.map(|dir| cache::CompileCache::new(dir.to_path_buf(), &engine));
+        Ok(EngineParts { engine, allocator, linker, compile_cache })
     }
 
-    /// Where the compiled code of the component with SHA-256 `digest` is
-    /// cached, if there is a cache.
-    pub fn compile_cache_entry(&self, digest: &str) -> Option<PathBuf> {
-        self.compile_cache.as_ref().map(|cache| cache.entry_path(digest))
+    /// The engine for `kind`, made now if it is the first of its kind.
+    pub fn engine_for(&self, kind: HandlerKind) -> Result<&EngineParts> {
+        match kind {
+            HandlerKind::P2 => Ok(&self.p2),
+            HandlerKind::P3 => {
+                if let Some(parts) = self.p3.get() {
+                    return Ok(parts);
+                }
+                let parts = Self::engine_parts(&self.settings, self.cache_dir.as_deref(), HandlerKind::P3)?;
+                Ok(self.p3.get_or_init(|| parts))
+            }
+        }
+    }
+
+    /// Whether the WASI 0.3 engine exists (a 0.3 component was loaded).
+    pub fn has_p3_engine(&self) -> bool {
+        self.p3.get().is_some()
+    }
+
+    /// Compiles (or loads from the cache), checks and pre-instantiates the
+    /// component `spec` describes.
+    /// `reused`: some route reuses its instances.
+    pub fn load_component(&self, spec: &ComponentSpec, reused: bool) -> Result<LoadedComponent> {
+        component::load(self, spec, reused)
+    }
+
+    /// Where the compiled code of `component` is cached, if there is a
+    /// cache.
+    pub fn compile_cache_entry(&self, component: &LoadedComponent) -> Option<PathBuf> {
+        let kind = if component.reused { HandlerKind::P3 } else { component.kind };
+        let parts = self.engine_for(kind).ok()?;
+        parts.compile_cache.as_ref().map(|cache| cache.entry_path(&component.digest))
     }
 
     /// Whether fuel is metered (fixed at start).

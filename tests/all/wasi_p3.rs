@@ -1,0 +1,286 @@
+//! WASI 0.3 components beside WASI 0.2 ones, through the same request
+//! path: the p3 twins of `hello` and `stream`, and a component built with
+//! Spin's SDK 7.
+
+use crate::harness::*;
+use std::time::Duration;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+const APP: &str = r#"
+[server]
+key_value = "memory"
+{server}
+
+[[route]]
+path = "/hello"
+component = "hello"
+
+[[route]]
+path = "/hello-p3"
+component = "hello-p3"
+timeout_secs = 1
+
+[[route]]
+path = "/stream-p3"
+component = "stream-p3"
+
+[[route]]
+path = "/spin"
+component = "spin"
+
+[component.hello]
+source = "{components}/hello.wasm"
+
+[component.hello-p3]
+source = "{components}/hello_p3.wasm"
+
+[component.stream-p3]
+source = "{components}/stream_p3.wasm"
+
+[component.spin]
+source = "{components}/spin_hello.wasm"
+"#;
+
+fn app(server: &str) -> String {
+    APP.replace("{server}", server)
+}
+
+#[tokio::test]
+async fn p3_hello_answers_over_http1_and_http2_beside_p2() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    for client in [http1_client(), http2_client()] {
+        let reply = get(&client, &server.url("/hello-p3")).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, world!\n"), "{:?}", reply.version);
+        assert_eq!(reply.headers["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(get(&client, &server.url("/hello")).await.body, "Hello, world!\n");
+    }
+    eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_spin_sdk_7_component_answers_through_a_route() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let reply = get(&http1_client(), &server.url("/spin")).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello from Spin!\n"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn p3_requests_past_the_limit_get_503_and_slow_ones_504() {
+    let (server, _dir) =
+        TestServer::start(&app("max_concurrent_requests = 4\nmax_requests_in_flight_per_client = 0")).await;
+    let client = http1_client();
+    let held: Vec<_> = (0..4).map(|_| raw_get(&server, "/stream-p3?n=2&interval_ms=60000")).collect();
+    let held = futures::future::join_all(held).await;
+    eventually("4 p3 instances alive", 5 * SECOND, || live(&server) == 4).await;
+    for _ in 0..3 {
+        let reply = get(&client, &server.url("/hello-p3")).await;
+        assert_eq!((reply.status, reply.headers["retry-after"].to_str().unwrap()), (503, "1"));
+    }
+    drop(held);
+    eventually("instances gone", 5 * SECOND, || live(&server) == 0 && in_flight(&server) == 0).await;
+    // No headers within the route's 1 s: 504, and the instance is dropped.
+    let slow = get(&client, &server.url("/hello-p3?wait_ms=10000")).await;
+    assert_eq!(slow.status, 504);
+    eventually("slow instance gone", 5 * SECOND, || live(&server) == 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn p3_streams_arrive_in_order_one_event_at_a_time() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let reply = get(&http1_client(), &server.url("/stream-p3?n=3&interval_ms=5")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-type"], "text/event-stream");
+    assert_eq!(
+        reply.body,
+        "id: 1\ndata: event 1 of 3\n\nid: 2\ndata: event 2 of 3\n\nid: 3\ndata: event 3 of 3\n\n"
+    );
+    for client in [http1_client(), http2_client()] {
+        let response = get_streaming(&client, &server.url("/stream-p3?n=2&interval_ms=2000")).await;
+        let mut body = response.into_body();
+        let first = next_data(&mut body, 5 * SECOND).await.unwrap();
+        assert!(first.starts_with("id: 1\n"), "{first:?}");
+        assert_eq!(
+            next_data(&mut body, Duration::from_millis(300)).await,
+            None,
+            "the second event came early"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn p3_instances_are_dropped_when_the_client_leaves() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    // HTTP/1.1: before the headers, and mid-stream.
+    let before = raw_get(&server, "/hello-p3?wait_ms=60000").await;
+    eventually("instance started", 5 * SECOND, || live(&server) == 1).await;
+    drop(before);
+    eventually("instance dropped", 5 * SECOND, || live(&server) == 0).await;
+    let mut mid = raw_get(&server, "/stream-p3?n=100&interval_ms=500").await;
+    read_until(&mut mid, "data: event 1").await;
+    drop(mid);
+    eventually("instance dropped", 5 * SECOND, || live(&server) == 0).await;
+    // HTTP/2: a reset stream, before the headers and mid-stream.
+    let client = http2_client();
+    let url = server.url("/hello-p3?wait_ms=60000");
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    eventually("instance started", 5 * SECOND, || live(&server) == 1).await;
+    pending.abort();
+    eventually("instance dropped", 5 * SECOND, || live(&server) == 0).await;
+    let response = get_streaming(&client, &server.url("/stream-p3?n=100&interval_ms=500")).await;
+    let mut body = response.into_body();
+    assert!(next_data(&mut body, 5 * SECOND).await.unwrap().starts_with("id: 1"));
+    drop(body);
+    eventually("instance dropped", 5 * SECOND, || live(&server) == 0 && in_flight(&server) == 0).await;
+    assert_eq!(cancelled(&server), 4);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_p3_instance_lives_at_most_its_max_duration() {
+    let manifest = app("").replace(
+        "path = \"/stream-p3\"\ncomponent = \"stream-p3\"",
+        "path = \"/stream-p3\"\ncomponent = \"stream-p3\"\ntimeout_secs = 1\nmax_duration_secs = 1",
+    );
+    let (server, _dir) = TestServer::start(&manifest).await;
+    let response = get_streaming(&http1_client(), &server.url("/stream-p3?n=100&interval_ms=100")).await;
+    let body = response.into_body();
+    let rest = tokio::time::timeout(10 * SECOND, http_body_util::BodyExt::collect(body)).await;
+    assert!(rest.expect("the stream outlived its max duration").is_err(), "cut with an error");
+    eventually("instance gone", 5 * SECOND, || live(&server) == 0 && in_flight(&server) == 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hot_swap_between_p2_and_p3_under_load_fails_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("hello.wasm");
+    std::fs::copy(component("hello"), &target).unwrap();
+    let manifest = "[server]\nkey_value = \"memory\"\n\n[[route]]\npath = \"/hello\"\ncomponent = \"hello\"\n\n[component.hello]\nsource = \"hello.wasm\"\n";
+    let server = TestServer::start_in(dir.path(), manifest).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, stop) = (http1_client(), server.url("/hello"), stop.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    statuses.push(get(&client, &url).await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let client = http1_client();
+    for (swap, (file, p3)) in
+        [("hello_p3", true), ("hello", false), ("hello_p3", true), ("hello", false)].into_iter().enumerate()
+    {
+        let partial = target.with_extension("partial");
+        std::fs::copy(component(file), &partial).unwrap();
+        std::fs::rename(&partial, &target).unwrap();
+        let deadline = std::time::Instant::now() + 20 * SECOND;
+        loop {
+            let reply = get(&client, &server.url("/hello")).await;
+            assert_eq!(reply.status, 200);
+            if reply.headers.contains_key("x-wasi") == p3 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "swap {swap} to {file} never took effect");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for task in load {
+        for status in task.await.unwrap() {
+            assert_eq!(status, 200);
+            served += 1;
+        }
+    }
+    assert!(served > 20, "the load never ran ({served} requests)");
+    assert!(server.app.runtime.has_p3_engine());
+    server.stop().await;
+}
+
+const REUSE_APP: &str = r#"
+[server]
+key_value = "memory"
+
+[[route]]
+path = "/p3"
+component = "hello-p3"
+reuse = { max_requests = 3, max_concurrent = 2 }
+
+[[route]]
+path = "/p2"
+component = "echo"
+reuse = { max_requests = 4 }
+
+[[route]]
+path = "/fresh"
+component = "echo"
+
+[component.hello-p3]
+source = "{components}/hello_p3.wasm"
+
+[component.echo]
+source = "{components}/echo.wasm"
+"#;
+
+fn header(reply: &Reply, name: &str) -> u64 {
+    reply.headers[name].to_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn reused_instances_count_their_requests_and_retire_at_their_maximum() {
+    let (server, _dir) = TestServer::start(REUSE_APP).await;
+    let client = http1_client();
+    let mut taken = Vec::new();
+    for _ in 0..7 {
+        let reply = get(&client, &server.url("/p3")).await;
+        assert_eq!(reply.status, 200);
+        taken.push(header(&reply, "x-instance-requests"));
+    }
+    assert_eq!(taken, [1, 2, 3, 1, 2, 3, 1], "a new instance after every third request");
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        counts.push(get(&client, &server.url("/p2?count")).await.body);
+    }
+    assert_eq!(counts, ["1", "2", "3", "4", "1"], "WASI 0.2 instances are reused one request at a time");
+    // Without reuse, every request has an instance of its own.
+    for _ in 0..3 {
+        assert_eq!(get(&client, &server.url("/fresh?count")).await.body, "1");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reused_instance_never_takes_more_than_its_concurrency() {
+    let manifest = REUSE_APP.replace("max_requests = 3,", "max_requests = 100,");
+    let (server, _dir) = TestServer::start(&manifest).await;
+    let client = http1_client();
+    // A waits in its instance; B and C come while it does. The instance
+    // has room for one of them (two at once); the other needs a new one.
+    let first = {
+        let (client, url) = (client.clone(), server.url("/p3?wait_ms=1500"));
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    eventually("the first request waits in its instance", 5 * SECOND, || live(&server) == 1).await;
+    let url = server.url("/p3?wait_ms=300");
+    let (b, c) = tokio::join!(get(&client, &url), get(&client, &url));
+    let first = first.await.unwrap();
+    assert_eq!(header(&first, "x-instance-in-hand"), 1);
+    let mut in_hand = [header(&b, "x-instance-in-hand"), header(&c, "x-instance-in-hand")];
+    in_hand.sort();
+    assert_eq!(in_hand, [1, 2], "one shared the first's instance, the other got its own");
+    server.stop().await;
+}
