@@ -13,11 +13,14 @@
 //!   the route table, hot-swap and manifest reload, Unix signals.
 //! - [`policy`]: admission control: concurrency, rate limits, worker
 //!   pools, auth, client identity; each rejection and its status code.
-//! - [`runtime`]: the engine and instance pool, loading and caching
-//!   components, the per-instance state, one request through one instance.
+//! - [`runtime`]: the engines (WASI 0.2 and 0.3) and instance pools, loading
+//!   and caching components, the per-instance state and limits, one request
+//!   through one instance, fair CPU, instance reuse.
 //! - [`capabilities`]: what guests import: `wasi:keyvalue` and its backends,
-//!   the outbound HTTP client.
+//!   the outbound HTTP client and its breakers, stdout and stderr.
 //! - [`telemetry`]: the request record, the access log, the metrics.
+//! - [`shared`]: state shared by many hosts: the Redis connection the
+//!   key-value backend and the shared rate limits use.
 //! - [`manifest`]: `wharf.toml`, parsed and validated with clear errors,
 //!   and running components' build commands.
 //!
@@ -30,6 +33,7 @@ pub mod http;
 pub mod manifest;
 pub mod policy;
 pub mod runtime;
+pub mod shared;
 pub mod telemetry;
 
 pub use app::{App, LoadOptions};

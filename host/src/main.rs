@@ -32,6 +32,10 @@ enum Command {
         /// Key-value backend (overrides `server.key_value`).
         #[arg(long, value_enum)]
         kv: Option<KvArg>,
+        /// Redis URL for `--kv redis` and shared rate limits (overrides
+        /// `server.redis_url`).
+        #[arg(long, env = "WHARF_REDIS_URL")]
+        redis_url: Option<String>,
         /// Admin listener address, or `off` (overrides `server.admin_listen`).
         #[arg(long, env = "WHARF_ADMIN_LISTEN")]
         admin_listen: Option<String>,
@@ -73,6 +77,7 @@ enum LogFormat {
 enum KvArg {
     Redb,
     Memory,
+    Redis,
 }
 
 fn main() -> Result<()> {
@@ -81,11 +86,22 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Check { app } => {
             let manifest = load_manifest(&app)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let _in_runtime = runtime.enter();
             wharf::App::load(&manifest, &wharf::LoadOptions { watch: false, ..Default::default() })?;
             println!("{}: ok ({} routes)", manifest.path.display(), manifest.routes.len());
             Ok(())
         }
-        Command::Up { app, listen, kv, admin_listen, tls_cert, tls_key, no_epoch_interruption } => {
+        Command::Up {
+            app,
+            listen,
+            kv,
+            redis_url,
+            admin_listen,
+            tls_cert,
+            tls_key,
+            no_epoch_interruption,
+        } => {
             let mut manifest = load_manifest(&app)?;
             if let Some(listen) = listen {
                 manifest.server.listen = listen;
@@ -94,7 +110,11 @@ fn main() -> Result<()> {
                 manifest.server.key_value = match kv {
                     KvArg::Redb => KeyValueBackendKind::Redb,
                     KvArg::Memory => KeyValueBackendKind::Memory,
+                    KvArg::Redis => KeyValueBackendKind::Redis,
                 };
+            }
+            if let Some(url) = redis_url {
+                manifest.server.redis_url = url;
             }
             if let Some(admin) = admin_listen {
                 manifest.server.admin_listen = match admin.as_str() {
@@ -115,9 +135,14 @@ fn main() -> Result<()> {
                 access_log: Some(access_log),
                 ..Default::default()
             };
-            let app = wharf::App::load(&manifest, &options)?;
-            let listeners = wharf::Listeners::bind_for(&manifest.server)?;
+            // The app is loaded inside the main runtime: the Redis
+            // connection (when there is one) lives on it.
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let app = {
+                let _in_runtime = runtime.enter();
+                wharf::App::load(&manifest, &options)?
+            };
+            let listeners = wharf::Listeners::bind_for(&manifest.server)?;
             runtime.block_on(async move {
                 let shutdown = wharf::app::signals::shutdown_signal(app.clone());
                 wharf::run(listeners, app, shutdown).await

@@ -10,6 +10,7 @@ mod keyvalue;
 mod lifecycle;
 mod manifest_ui;
 mod outbound;
+mod redis;
 mod streaming;
 mod tls;
 mod upstream;

@@ -12,9 +12,11 @@ pub mod routes;
 pub mod signals;
 
 use crate::capabilities::{Capabilities, keyvalue, outbound::OutboundClient};
+use crate::manifest::RateLimitStore;
 use crate::manifest::{Manifest, ServerSettings};
-use crate::policy::Admission;
+use crate::policy::{Admission, SharedBuckets};
 use crate::runtime::{Runtime, engine::EngineSettings};
+use crate::shared::redis::SharedRedis;
 use crate::telemetry::{Telemetry, access_log::AccessLog};
 use anyhow::{Context, Result};
 use routes::Registry;
@@ -36,6 +38,8 @@ pub struct App {
     pub started_at: std::time::Instant,
     /// The admin listener's bearer token, if it has one.
     pub(crate) admin_auth: Option<crate::policy::BearerAuth>,
+    /// The shared Redis, when the key-value backend or the rate limits use it.
+    pub redis: Option<Arc<SharedRedis>>,
     lifecycle: Lifecycle,
 }
 
@@ -79,8 +83,17 @@ impl App {
     pub fn load(manifest: &Manifest, options: &LoadOptions) -> Result<Arc<Self>> {
         let settings = manifest.server.clone();
         let telemetry = Arc::new(Telemetry::new(options.access_log.clone()));
+        let redis = settings
+            .uses_redis()
+            .then(|| SharedRedis::new(&settings.redis_url, settings.redis_timeout).map(Arc::new))
+            .transpose()?;
+        let shared_buckets = (settings.rate_limit_store == RateLimitStore::Redis)
+            .then(|| {
+                redis.as_ref().map(|r| SharedBuckets::new(r.clone(), settings.rate_limit_on_store_error))
+            })
+            .flatten();
         let limits = settings.key_value_limits;
-        let backend = keyvalue::open_backend(settings.key_value, &settings.data_dir, limits)?;
+        let backend = keyvalue::open_backend(settings.key_value, &settings.data_dir, limits, redis.as_ref())?;
         let capabilities = Capabilities {
             key_value: Arc::new(keyvalue::KeyValue::new(backend, limits)),
             outbound: Arc::new(OutboundClient::new(&settings.outbound, telemetry.metrics.outbound.clone())?),
@@ -97,7 +110,7 @@ impl App {
         };
         let cache_dir = options.compile_cache.then(|| settings.data_dir.join("cache"));
         let runtime = Arc::new(Runtime::new(&engine_settings, cache_dir, capabilities, telemetry.clone())?);
-        let table = routes::load_routes(&runtime, manifest, None)
+        let table = routes::load_routes(&runtime, manifest, None, shared_buckets.as_ref())
             .with_context(|| format!("cannot load the app in {}", manifest.path.display()))?;
         for route in table.routes() {
             let component = &route.component;
@@ -111,7 +124,8 @@ impl App {
             .context("server.admin_auth")?;
         let app = Arc::new(Self {
             admin_auth,
-            admission: Admission::new(&settings),
+            admission: Admission::new(&settings, shared_buckets),
+            redis,
             routes: Registry::new(table),
             runtime,
             telemetry,

@@ -85,8 +85,13 @@ impl App {
             }
             // Settings fixed at start (possibly by CLI flags) stay as they are.
             manifest.server = self.settings.clone();
-            let table = routes::load_routes(&self.runtime, &manifest, Some(&self.routes.current()))
-                .with_context(|| format!("cannot load the app in {}", path.display()))?;
+            let table = routes::load_routes(
+                &self.runtime,
+                &manifest,
+                Some(&self.routes.current()),
+                self.admission.shared_buckets.as_ref(),
+            )
+            .with_context(|| format!("cannot load the app in {}", path.display()))?;
             Ok((manifest, table))
         });
         let (manifest, table) = match result {

@@ -4,7 +4,7 @@
 //! keep the version they started with.
 
 use crate::manifest::{Manifest, RouteSpec};
-use crate::policy::RoutePolicy;
+use crate::policy::{RoutePolicy, SharedBuckets};
 use crate::runtime::invoke::Deadlines;
 use crate::runtime::reuse::Reuse;
 use crate::runtime::{LoadedComponent, Runtime};
@@ -123,6 +123,7 @@ pub fn load_routes(
     runtime: &Arc<Runtime>,
     manifest: &Manifest,
     previous: Option<&RouteTable>,
+    shared_buckets: Option<&Arc<SharedBuckets>>,
 ) -> Result<RouteTable> {
     let mut loaded: BTreeMap<&str, Arc<LoadedComponent>> = BTreeMap::new();
     for route in &manifest.routes {
@@ -141,8 +142,8 @@ pub fn load_routes(
         let before = previous
             .and_then(|table| table.routes.iter().find(|r| r.spec.matcher == spec.matcher))
             .map(|r| (&r.spec, &*r.policy));
-        let policy =
-            RoutePolicy::from_spec(spec, before).with_context(|| format!("route {:?}", spec.path))?;
+        let policy = RoutePolicy::from_spec(spec, before, shared_buckets)
+            .with_context(|| format!("route {:?}", spec.path))?;
         let component = loaded[spec.component.as_str()].clone();
         let reuse = reuse_for(runtime, spec, &component);
         routes.push(Route { spec: spec.clone(), component, policy: Arc::new(policy), reuse });

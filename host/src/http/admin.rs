@@ -176,8 +176,11 @@ pub fn health(app: &App) -> serde_json::Value {
         })
         .collect();
     let metrics = &app.telemetry.metrics;
+    let redis = app.redis.as_ref().map(|redis| redis.health());
+    let degraded = app.redis.as_ref().is_some_and(|redis| redis.is_down());
     serde_json::json!({
-        "status": "ok",
+        "status": if degraded { "degraded" } else { "ok" },
+        "redis": redis,
         "uptime_secs": app.started_at.elapsed().as_secs(),
         "in_flight": app.admission.in_flight(),
         "live_instances": metrics.live_instances(),

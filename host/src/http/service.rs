@@ -142,7 +142,7 @@ where
         tracing::warn!(request_id = %context.request_id, hops = context.origin.hops, limit, "self-request loop refused (server.max_self_hops)");
         return Served::Rejected(Rejection::LoopDetected { limit });
     }
-    if let Err(rejection) = app.admission.check_rates(record.client) {
+    if let Err(rejection) = app.admission.check_rates(record.client).await {
         return Served::Rejected(rejection);
     }
     let table = app.routes.current();
@@ -152,7 +152,7 @@ where
     record.route = Some(route.spec.path.clone());
     *deadline = route.spec.max_duration;
     if let Some(limiter) = &route.policy.rate_limit
-        && let Err(rejection) = limiter.check()
+        && let Err(rejection) = limiter.check().await
     {
         return Served::Rejected(rejection);
     }

@@ -83,6 +83,22 @@ pub struct ServerSettings {
     /// Bytes of stdout and stderr one request's instance may write; the
     /// rest is dropped. Default 64 KiB.
     pub max_guest_output_bytes: usize,
+    /// The Redis the Redis key-value backend and shared rate limits use
+    /// (`WHARF_REDIS_URL` overrides). Default `redis://127.0.0.1:6379/0`.
+    pub redis_url: String,
+    /// How long any one Redis call may take. Default 1 s.
+    pub redis_timeout: Duration,
+    /// Where rate-limit buckets live. Default `local`.
+    pub rate_limit_store: RateLimitStore,
+    /// What shared rate limits do while Redis is away. Default `local`.
+    pub rate_limit_on_store_error: OnStoreError,
+}
+
+impl ServerSettings {
+    /// Whether anything uses Redis.
+    pub fn uses_redis(&self) -> bool {
+        self.key_value == KeyValueBackendKind::Redis || self.rate_limit_store == RateLimitStore::Redis
+    }
 }
 
 /// Bounds on inbound connections (all in `[server]`).
@@ -188,6 +204,30 @@ pub enum KeyValueBackendKind {
     Redb,
     /// A process-local map: gone when the process exits.
     Memory,
+    /// Redis at `redis_url`: shared by every host that points there.
+    Redis,
+}
+
+/// Where rate-limit buckets live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitStore {
+    /// In this host (the default).
+    Local,
+    /// In Redis at `redis_url`, shared by every host that points there.
+    Redis,
+}
+
+/// What shared rate limits do while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// This host's own buckets take over (the default).
+    Local,
+    /// Every request is refused (429).
+    Deny,
+    /// Every request is let through.
+    Allow,
 }
 
 /// One `[[route]]`.
@@ -394,6 +434,10 @@ struct RawServer {
     max_value_bytes: Option<usize>,
     max_keys_per_store: Option<u64>,
     max_guest_output_bytes: Option<usize>,
+    redis_url: Option<String>,
+    redis_timeout_ms: Option<u64>,
+    rate_limit_store: Option<RateLimitStore>,
+    rate_limit_on_store_error: Option<OnStoreError>,
 }
 
 #[derive(Deserialize, Default)]
@@ -695,6 +739,17 @@ impl ServerSettings {
                 limits
             },
             max_guest_output_bytes: raw.max_guest_output_bytes.unwrap_or(64 << 10),
+            redis_url: std::env::var("WHARF_REDIS_URL")
+                .ok()
+                .or(raw.redis_url)
+                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into()),
+            redis_timeout: match raw.redis_timeout_ms {
+                Some(0) => bail!("server.redis_timeout_ms must be at least 1"),
+                Some(ms) => Duration::from_millis(ms),
+                None => Duration::from_secs(1),
+            },
+            rate_limit_store: raw.rate_limit_store.unwrap_or(RateLimitStore::Local),
+            rate_limit_on_store_error: raw.rate_limit_on_store_error.unwrap_or(OnStoreError::Local),
             listen,
             data_dir: dir.join(raw.data_dir.unwrap_or_else(|| ".wharf".into())),
             key_value: raw.key_value.unwrap_or(KeyValueBackendKind::Redb),

@@ -12,11 +12,13 @@
 pub mod auth;
 pub mod client;
 pub mod rate_limit;
+pub mod shared_rate_limit;
 pub mod workers;
 
 pub use auth::BearerAuth;
 pub use client::{ClientIdentity, ClientSlot, PerClient};
 pub use rate_limit::{ClientLimiter, Limiter};
+pub use shared_rate_limit::{Bucket, ClientBuckets, SharedBuckets};
 pub use workers::WorkerPool;
 
 use crate::manifest::{RouteSpec, ServerSettings};
@@ -127,9 +129,11 @@ pub struct Admission {
     /// How the client address of a request is found.
     pub identity: ClientIdentity,
     /// The server's token bucket.
-    pub global_limit: Option<Limiter>,
-    /// The per-client-address limiter.
-    pub client_limit: Option<Arc<ClientLimiter>>,
+    pub global_limit: Option<Bucket>,
+    /// The per-client-address buckets.
+    pub client_limit: Option<ClientBuckets>,
+    /// The shared store, when buckets live in Redis.
+    pub shared_buckets: Option<Arc<SharedBuckets>>,
 }
 
 /// Why a connection was refused at accept.
@@ -165,12 +169,13 @@ pub struct RequestSlots {
 }
 
 impl Admission {
-    /// The admission state `settings` describe.
-    pub fn new(settings: &ServerSettings) -> Self {
+    /// The admission state `settings` describe; buckets live in
+    /// `shared_buckets` when given.
+    pub fn new(settings: &ServerSettings, shared_buckets: Option<Arc<SharedBuckets>>) -> Self {
         let client_limit = settings.client_rate_limit.as_ref().map(|spec| {
             let limiter = Arc::new(ClientLimiter::new(spec));
             start_client_limiter_eviction(&limiter, spec.window);
-            limiter
+            ClientBuckets::new(spec, limiter, shared_buckets.as_ref())
         });
         Self {
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
@@ -179,18 +184,22 @@ impl Admission {
             connections_per_client: PerClient::new(settings.connections.max_connections_per_client),
             in_flight_per_client: PerClient::new(settings.clients.max_requests_in_flight_per_client),
             identity: ClientIdentity::new(&settings.clients),
-            global_limit: settings.rate_limit.as_ref().map(|spec| Limiter::new(spec, "global")),
+            global_limit: settings
+                .rate_limit
+                .as_ref()
+                .map(|spec| Bucket::new(spec, "global", "", shared_buckets.as_ref())),
             client_limit,
+            shared_buckets,
         }
     }
 
     /// The global and per-client buckets, in that order.
-    pub fn check_rates(&self, client: IpAddr) -> Result<(), Rejection> {
-        if let Some(limiter) = &self.global_limit {
-            limiter.check()?;
+    pub async fn check_rates(&self, client: IpAddr) -> Result<(), Rejection> {
+        if let Some(bucket) = &self.global_limit {
+            bucket.check().await?;
         }
-        if let Some(limiter) = &self.client_limit {
-            limiter.check(client)?;
+        if let Some(buckets) = &self.client_limit {
+            buckets.check(client).await?;
         }
         Ok(())
     }
@@ -240,7 +249,7 @@ fn start_client_limiter_eviction(limiter: &Arc<ClientLimiter>, window: Duration)
 /// A route's own policies, built when the route is loaded.
 pub struct RoutePolicy {
     /// The route's token bucket.
-    pub rate_limit: Option<Arc<Limiter>>,
+    pub rate_limit: Option<Arc<Bucket>>,
     /// The route's worker pool.
     pub workers: Option<Arc<WorkerPool>>,
     /// The route's bearer token.
@@ -252,13 +261,19 @@ impl RoutePolicy {
     /// State that `previous` (the same route before a reload) already has
     /// under the same settings carries over: its bucket keeps its tokens,
     /// its worker pool its running and queued requests.
-    pub fn from_spec(spec: &RouteSpec, previous: Option<(&RouteSpec, &RoutePolicy)>) -> Result<Self> {
+    pub fn from_spec(
+        spec: &RouteSpec,
+        previous: Option<(&RouteSpec, &RoutePolicy)>,
+        shared: Option<&Arc<SharedBuckets>>,
+    ) -> Result<Self> {
         let same_rate = previous.filter(|(old, _)| old.rate_limit == spec.rate_limit);
         let same_workers = previous.filter(|(old, _)| old.workers == spec.workers);
         Ok(Self {
             rate_limit: match same_rate {
                 Some((_, old)) => old.rate_limit.clone(),
-                None => spec.rate_limit.as_ref().map(|r| Arc::new(Limiter::new(r, "route"))),
+                None => {
+                    spec.rate_limit.as_ref().map(|r| Arc::new(Bucket::new(r, "route", &spec.path, shared)))
+                }
             },
             workers: match same_workers {
                 Some((_, old)) => old.workers.clone(),

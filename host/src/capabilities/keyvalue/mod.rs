@@ -1,8 +1,8 @@
 //! `wasi:keyvalue` (store, atomics, batch) on the host side, over pluggable
 //! backends, one file each: an embedded persistent `redb` database (the
-//! default, [`redb`]) and an in-memory map ([`memory`]). A component sees
-//! only the standard interface, so adding a backend never touches a
-//! component.
+//! default, `redb.rs`), an in-memory map (`memory.rs`), and Redis, shared by
+//! many hosts (`redis.rs`). A component sees only the standard interface,
+//! so adding a backend never touches a component.
 //!
 //! Stores are named; a component may open only the stores its manifest entry
 //! lists, and two components that list the same name share it. Values
@@ -24,8 +24,10 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 mod memory;
 mod redb;
+mod redis;
 
 pub use self::redb::RedbBackend;
+pub use self::redis::RedisBackend;
 pub use memory::MemoryBackend;
 
 mod bindings {
@@ -143,16 +145,22 @@ pub trait Backend: Send + Sync + 'static {
     fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>>;
 }
 
-/// Opens the backend Wharf is configured with.
+/// Opens the backend Wharf is configured with (`redis`: the shared
+/// connection, for the Redis backend).
 pub fn open_backend(
     kind: crate::manifest::KeyValueBackendKind,
     data_dir: &Path,
     limits: KeyValueLimits,
+    redis: Option<&Arc<crate::shared::redis::SharedRedis>>,
 ) -> anyhow::Result<Arc<dyn Backend>> {
+    use crate::manifest::KeyValueBackendKind as Kind;
     Ok(match kind {
-        crate::manifest::KeyValueBackendKind::Memory => Arc::new(memory::MemoryBackend::new(limits)),
-        crate::manifest::KeyValueBackendKind::Redb => {
-            Arc::new(self::redb::RedbBackend::open(&data_dir.join("keyvalue.redb"), limits)?)
+        Kind::Memory => Arc::new(memory::MemoryBackend::new(limits)),
+        Kind::Redb => Arc::new(self::redb::RedbBackend::open(&data_dir.join("keyvalue.redb"), limits)?),
+        Kind::Redis => {
+            let redis =
+                redis.ok_or_else(|| anyhow::anyhow!("key_value = \"redis\" needs server.redis_url"))?;
+            Arc::new(self::redis::RedisBackend::new(redis.clone(), limits))
         }
     })
 }

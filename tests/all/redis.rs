@@ -1,0 +1,266 @@
+//! Many hosts on one Redis: key-value state and rate limits shared and
+//! exact, and what happens while Redis is away. A real `redis-server`.
+
+use crate::harness::*;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn app(redis: &RedisServer, server: &str) -> String {
+    format!(
+        r#"
+[server]
+key_value = "redis"
+redis_url = "{url}"
+redis_timeout_ms = 500
+max_requests_in_flight_per_client = 0
+{server}
+
+[[route]]
+path = "/api/..."
+component = "counter"
+
+[[route]]
+path = "/hello"
+component = "hello"
+
+[component.counter]
+source = "{{components}}/counter.wasm"
+key_value_stores = ["default"]
+config = {{ delay_ms = "0" }}
+
+[component.hello]
+source = "{{components}}/hello.wasm"
+"#,
+        url = redis.url()
+    )
+}
+
+async fn count(server: &TestServer) -> u64 {
+    let reply = get(&http1_client(), &server.url("/api")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["request_num"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn two_hosts_count_exactly_together_and_a_restart_loses_nothing() {
+    let redis = RedisServer::start().await;
+    let manifest = app(&redis, "");
+    let (first, _a) = TestServer::start(&manifest).await;
+    let (second, _b) = TestServer::start(&manifest).await;
+    let (one, two) = (http1_client(), http1_client());
+    let (url_one, url_two) = (first.url("/api"), second.url("/api"));
+    let requests = (0..2000).map(|i| {
+        let (client, url) = if i % 2 == 0 { (&one, &url_one) } else { (&two, &url_two) };
+        get(client, url)
+    });
+    let replies = futures::future::join_all(requests).await;
+    let mut seen = BTreeSet::new();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        seen.insert(reply.json()["request_num"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (1..=2000).collect::<BTreeSet<u64>>(),
+        "2,000 increments on two hosts: each number once"
+    );
+    first.stop().await;
+    let (first, _c) = TestServer::start(&manifest).await;
+    assert_eq!(count(&first).await, 2001, "the restarted host sees every increment");
+    assert_eq!(count(&second).await, 2002);
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limits_in_redis_admit_the_quota_across_hosts() {
+    let redis = RedisServer::start().await;
+    let limits = "rate_limit_store = \"redis\"\nclient_rate_limit = { requests = 5, window_secs = 60 }";
+    let manifest = app(&redis, limits);
+    let (first, _a) = TestServer::start(&manifest).await;
+    let (second, _b) = TestServer::start(&manifest).await;
+    let client = http1_client();
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let server = if i % 2 == 0 { &first } else { &second };
+        let reply = get(&client, &server.url("/hello")).await;
+        if reply.status == 429 {
+            let wait: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=12).contains(&wait), "one token every 12 s: retry after {wait}");
+        }
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "5 in all across both hosts: {statuses:?}");
+    // Another client has its own bucket; a global bucket is shared too.
+    let other = http1_client_from("127.0.0.2".parse().unwrap());
+    assert_eq!(get(&other, &second.url("/hello")).await.status, 200);
+    first.stop().await;
+    second.stop().await;
+
+    let manifest =
+        app(&redis, "rate_limit_store = \"redis\"\nrate_limit = { requests = 4, window_secs = 60 }");
+    let (first, _c) = TestServer::start(&manifest).await;
+    let (second, _d) = TestServer::start(&manifest).await;
+    let mut admitted = 0;
+    for i in 0..10 {
+        let (server, client) = if i % 2 == 0 { (&first, &client) } else { (&second, &other) };
+        admitted += usize::from(get(client, &server.url("/hello")).await.status == 200);
+    }
+    assert_eq!(admitted, 4, "a global limit of 4 admits 4 in all");
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn while_redis_is_away_calls_fail_fast_limits_follow_the_policy_and_it_all_recovers() {
+    let mut redis = RedisServer::start().await;
+    let limits = "rate_limit_store = \"redis\"\nrate_limit_on_store_error = \"deny\"\nclient_rate_limit = { requests = 1000, window_secs = 1 }";
+    let manifest = app(&redis, limits);
+    let (server, _dir) = TestServer::start(&manifest).await;
+    let client = http1_client();
+    let mut told_ok = 0;
+    for _ in 0..20 {
+        assert_eq!(count(&server).await, told_ok + 1);
+        told_ok += 1;
+    }
+    let health = get(&client, &server.admin_url("/healthz")).await.json();
+    assert_eq!((health["status"].as_str(), health["redis"]["status"].as_str()), (Some("ok"), Some("ok")));
+
+    redis.stop();
+    // The limit's policy is deny: refused at once (429), never hung.
+    let started = Instant::now();
+    let refused = get(&client, &server.url("/api")).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(started.elapsed() < 10 * SECOND, "took {:?}", started.elapsed());
+    let health = get(&client, &server.admin_url("/healthz")).await.json();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["redis"]["status"], "degraded");
+
+    // With the local fallback, requests go through and the key-value calls
+    // fail within the timeout.
+    server.stop().await;
+    let manifest = app(&redis, &limits.replace("\"deny\"", "\"local\""));
+    let (server, _dir) = TestServer::start(&manifest).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = get(&client, &server.url("/api")).await;
+        assert_eq!(reply.status, 500, "the counter cannot count: {}", reply.body);
+        assert!(
+            reply.body.contains("unavailable") || reply.body.contains("did not answer"),
+            "{}",
+            reply.body
+        );
+        assert!(started.elapsed() < 10 * SECOND, "took {:?}", started.elapsed());
+    }
+    assert_eq!(get(&client, &server.url("/hello")).await.status, 200, "local buckets took over");
+
+    // Redis is back: no restart needed, and nothing told ok was lost.
+    redis.restart().await;
+    let deadline = Instant::now() + 20 * SECOND;
+    let next = loop {
+        let reply = get(&client, &server.url("/api")).await;
+        if reply.status == 200 {
+            break reply.json()["request_num"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "never recovered: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(next, told_ok + 1, "every increment a guest was told of survived");
+    let health = get(&client, &server.admin_url("/healthz")).await.json();
+    assert_eq!(health["status"], "ok", "{health}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_deployment_example_serves_through_nginx() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/run.sh");
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env("WHARF", wharf_binary())
+        .output()
+        .await
+        .expect("run deploy/run.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "deploy/run.sh failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ok: 40 increments exact across 2 hosts behind nginx"), "{stdout}");
+}
+
+#[tokio::test]
+async fn the_whole_key_value_interface_works_on_redis_with_its_limits() {
+    let redis = RedisServer::start().await;
+    let manifest = format!(
+        r#"
+[server]
+key_value = "redis"
+redis_url = "{}"
+max_key_bytes = 100
+max_keys_per_store = 3000
+
+[[route]]
+path = "/kv"
+component = "kv"
+
+[[route]]
+path = "/other"
+component = "other"
+
+[component.kv]
+source = "{{components}}/kv.wasm"
+key_value_stores = ["default"]
+
+[component.other]
+source = "{{components}}/kv.wasm"
+key_value_stores = ["second"]
+"#,
+        redis.url()
+    );
+    let (server, _dir) = TestServer::start(&manifest).await;
+    let kv = |query: String| {
+        let (client, url) = (http1_client(), server.url(&format!("/kv?{query}")));
+        async move { get(&client, &url).await }
+    };
+    assert_eq!(kv("op=set-many&prefix=b&n=3".into()).await.status, 200);
+    let got = kv("op=get-many&keys=b0,b2,missing".into()).await.json();
+    assert_eq!(got["values"], serde_json::json!([["b0", "0"], ["b2", "2"], null]));
+    assert_eq!(kv("op=delete-many&keys=b0,b1,b2".into()).await.status, 200);
+    assert_eq!(kv("op=increment&key=n&delta=5".into()).await.json()["value"], 5);
+    assert_eq!(kv("op=set&key=word&value=abc".into()).await.status, 200);
+    assert_eq!(kv("op=increment&key=word".into()).await.status, 500, "not a number");
+    let denied = get(&http1_client(), &server.url("/other?op=get&key=n")).await;
+    assert_eq!(denied.json()["error"], "Error::AccessDenied");
+    assert_eq!(
+        get(&http1_client(), &server.url("/other?op=get&key=n&store=second")).await.json()["value"],
+        serde_json::Value::Null,
+        "stores are apart"
+    );
+    assert!(
+        kv(format!("op=set&key={}&value=1", "k".repeat(101))).await.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 100")
+    );
+    // 2,500 keys listed in pages with the SCAN cursor.
+    for batch in 0..5 {
+        assert_eq!(kv(format!("op=set-many&prefix=p{batch}-&n=500")).await.status, 200);
+    }
+    let listed = kv("op=list-all".into()).await.json();
+    let keys = listed["keys"].as_array().unwrap();
+    let distinct: BTreeSet<&str> = keys.iter().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), 2502, "2,500 keys plus n and word");
+    assert!(listed["pages"].as_u64().unwrap() > 1, "{}", listed["pages"]);
+    // 2,502 keys now; the store takes 498 more, then no new key.
+    assert_eq!(kv("op=set-many&prefix=q-&n=498".into()).await.status, 200);
+    let full = kv("op=set&key=one-more&value=x".into()).await;
+    assert!(full.json()["error"].as_str().unwrap().contains("max_keys_per_store"), "{}", full.body);
+    assert!(
+        kv("op=increment&key=new-counter".into()).await.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_keys_per_store")
+    );
+    assert_eq!(kv("op=set&key=word&value=replacing".into()).await.status, 200);
+    server.stop().await;
+}
