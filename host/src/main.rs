@@ -49,6 +49,14 @@ enum Command {
         /// guests then can neither be stopped nor made to yield.
         #[arg(long, hide = true)]
         no_epoch_interruption: bool,
+        /// Do not use the kernel's pagemap scan for pool resets, to measure
+        /// the fallback other kernels take.
+        #[arg(long, hide = true)]
+        no_pagemap_scan: bool,
+        /// Allocate every instance on demand instead of from the pool, to
+        /// measure what the pool saves.
+        #[arg(long, hide = true)]
+        no_pooling: bool,
     },
     /// Validate the manifest and its components without serving.
     Check {
@@ -101,6 +109,8 @@ fn main() -> Result<()> {
             tls_cert,
             tls_key,
             no_epoch_interruption,
+            no_pagemap_scan,
+            no_pooling,
         } => {
             let mut manifest = load_manifest(&app)?;
             if let Some(listen) = listen {
@@ -132,6 +142,8 @@ fn main() -> Result<()> {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             let options = wharf::LoadOptions {
                 epoch_interruption: !no_epoch_interruption,
+                pagemap_scan: !no_pagemap_scan,
+                pooling: !no_pooling,
                 access_log: Some(access_log),
                 ..Default::default()
             };
@@ -142,12 +154,25 @@ fn main() -> Result<()> {
                 let _in_runtime = runtime.enter();
                 wharf::App::load(&manifest, &options)?
             };
+            return_compilation_memory();
             let listeners = wharf::Listeners::bind_for(&manifest.server)?;
             runtime.block_on(async move {
                 let shutdown = wharf::app::signals::shutdown_signal(app.clone());
                 wharf::run(listeners, app, shutdown).await
             })
         }
+    }
+}
+
+/// Compiling components (cranelift) is the largest allocation a server
+/// makes, and it is over once the app is loaded: hand the freed memory back
+/// to the kernel now rather than keep it for allocations that never come.
+fn return_compilation_memory() {
+    // SAFETY: `mi_collect` only walks and releases the allocator's own free
+    // memory; it may be called at any time from any thread.
+    #[allow(unsafe_code, reason = "mimalloc's collect has no safe wrapper")]
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
@@ -159,9 +184,10 @@ fn load_manifest(args: &AppArgs) -> Result<Manifest> {
     Manifest::load(&args.manifest, true)
 }
 
-/// Logs go to stderr through a background writer that batches lines into
-/// few writes: a request line costs its formatting, not a syscall. Nothing
-/// is dropped (the queue blocks when full); the guard flushes on exit.
+/// Logs go to stderr. Request lines are gathered per runtime thread and
+/// written when the thread runs out of work (`telemetry::batch`); the rest
+/// go through a background writer. Nothing is dropped (the writer's queue
+/// blocks when full); the guard flushes on exit.
 fn init_logging(
     format: LogFormat,
 ) -> (tracing_appender::non_blocking::WorkerGuard, Arc<wharf::telemetry::access_log::AccessLog>) {
@@ -175,9 +201,7 @@ fn init_logging(
         LogFormat::Pretty => wharf::telemetry::access_log::AccessLogFormat::Pretty,
         LogFormat::Json => wharf::telemetry::access_log::AccessLogFormat::Json,
     };
-    let access_writer = writer.clone();
-    let access_log =
-        Arc::new(wharf::telemetry::access_log::AccessLog::new(move || access_writer.clone(), access_format));
+    let access_log = Arc::new(wharf::telemetry::access_log::AccessLog::batched_stderr(access_format));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Pretty => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),

@@ -68,13 +68,23 @@ pub struct LoadOptions {
     /// Epoch interruption (default true). Without it a CPU-bound guest
     /// cannot be stopped or made to yield: only for measuring its cost.
     pub epoch_interruption: bool,
+    /// Use the kernel's pagemap scan for pool resets where there is one
+    /// (default true): off only to measure the fallback.
+    pub pagemap_scan: bool,
     /// Where request lines go; `None` (default) makes them `tracing` events.
     pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { pooling: true, compile_cache: true, watch: true, epoch_interruption: true, access_log: None }
+        Self {
+            pooling: true,
+            compile_cache: true,
+            watch: true,
+            epoch_interruption: true,
+            pagemap_scan: true,
+            access_log: None,
+        }
     }
 }
 
@@ -107,6 +117,7 @@ impl App {
             pooling: options.pooling,
             fuel: manifest.uses_fuel(),
             epoch_interruption: options.epoch_interruption,
+            pagemap_scan: options.pagemap_scan,
         };
         let cache_dir = options.compile_cache.then(|| settings.data_dir.join("cache"));
         let runtime = Arc::new(Runtime::new(&engine_settings, cache_dir, capabilities, telemetry.clone())?);

@@ -189,6 +189,7 @@ pub fn health(app: &App) -> serde_json::Value {
         "timed_out": metrics.timed_out_total(),
         "shed": metrics.rejections("overloaded") + metrics.rejections("queue_full"),
         "allocator": format!("{:?}", app.runtime.allocator),
+        "pool": app.runtime.mechanisms,
         "outbound_breakers": app.runtime.capabilities().outbound.breakers.report(),
         "routes": routes,
         "components": components,

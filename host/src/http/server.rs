@@ -46,12 +46,17 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
             .name(format!("wharf-worker-{index}"))
             .spawn(move || {
                 crate::runtime::fair::install_on_this_thread();
+                crate::telemetry::batch::install_on_this_thread();
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .on_thread_park(crate::runtime::fair::on_park)
+                    .on_thread_park(|| {
+                        crate::telemetry::batch::flush_this_thread();
+                        crate::runtime::fair::on_park();
+                    })
                     .build()
                     .context("cannot start a worker runtime")
                     .and_then(|runtime| runtime.block_on(serve(socket, app, tls, refusals, stop)));
+                crate::telemetry::batch::flush_this_thread();
                 let _ = done_tx.send(result);
             })
             .context("cannot spawn a worker thread")?;

@@ -1,6 +1,5 @@
 //! The wasmtime `Engine` every component is compiled with, its instance
-//! allocator, the `Linker` that provides Wharf's imports, and the one epoch
-//! ticker the whole host shares.
+//! allocator, and the `Linker` that provides Wharf's imports.
 //!
 //! The pooling allocator is sized from the server's concurrency limit, so a
 //! burst meets the admission semaphore, never an exhausted pool. Its reset
@@ -9,16 +8,11 @@
 //! `madvise`, which costs TLB-shootdown IPIs).
 
 use super::host::Host;
+use super::mechanisms::PoolMechanisms;
 use crate::capabilities::keyvalue;
 use anyhow::{Context, Result};
-use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-
-/// How often the shared epoch ticker advances the engine's epoch. A running
-/// guest yields to its runtime at each tick, so no guest can starve others
-/// for longer than this.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 use super::limits::{CORE_INSTANCES_PER_INSTANCE, MEMORIES_PER_INSTANCE, TABLES_PER_INSTANCE};
 
@@ -37,6 +31,9 @@ pub struct EngineSettings {
     /// Epoch interruption (default on): running guests yield every tick
     /// and CPU-bound ones can be stopped. Off only to measure its cost.
     pub epoch_interruption: bool,
+    /// Use the kernel's pagemap scan where it has one (default on). Off
+    /// only to measure the fallback.
+    pub pagemap_scan: bool,
 }
 
 /// Which WASI HTTP handler an engine runs: WASI 0.2 ones need none of the
@@ -114,6 +111,7 @@ fn config(settings: &EngineSettings, kind: HandlerKind, pooling: Option<PoolingA
 }
 
 fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
+    let mechanisms = PoolMechanisms::detect(AllocatorKind::Pooling, settings.pagemap_scan);
     let instances = u32::try_from(settings.max_instances).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::new();
     // Every instance can have its full share of memories and tables at
@@ -133,31 +131,16 @@ fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
         // Measured (hello, c=100): 64 KiB, 1 MiB and 4 MiB keep-resident
         // cost the same CPU with pagemap scan on (only dirty pages are
         // reset); without pagemap scan, resetting 1 MiB by memset made a
-        // request 5x dearer; decommit batches of 100 made it 10% dearer.
-        .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 << 10)
-        .pagemap_scan(Enabled::Auto)
+        // request 5x dearer, so less is kept then; decommit batches of 100
+        // made it 10% dearer.
+        .linear_memory_keep_resident(mechanisms.memory_keep_resident_bytes)
+        .table_keep_resident(mechanisms.table_keep_resident_bytes)
+        .pagemap_scan(if mechanisms.pagemap_scan { Enabled::Auto } else { Enabled::No })
         // Measured: keeping every slot warm (instead of wasmtime's 100)
         // saved 0-4 us a hello request at c=1000 but raised the memory per
         // request in flight from 31 to 52 KiB; memory wins.
         .max_unused_warm_slots(100);
     pool
-}
-
-/// Starts the single epoch ticker for `engine`; it stops by itself once the
-/// engine is dropped.
-pub fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("wharf-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawn the epoch ticker thread");
 }
 
 /// The linker with every import Wharf provides: all of WASI 0.2 (a Rust

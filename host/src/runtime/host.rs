@@ -23,6 +23,8 @@ pub struct Host {
     pub(crate) key_value: KeyValueCtx,
     pub(crate) limits: super::limits::InstanceLimiter,
     pub(crate) outbound: OutboundHooks,
+    /// Epoch ticks the instance has run into (see `fair`).
+    pub(crate) epoch_ticks: u32,
     _live: LiveInstance,
 }
 
@@ -43,6 +45,7 @@ impl Host {
             key_value,
             limits,
             outbound,
+            epoch_ticks: 0,
             _live: live,
         }
     }
@@ -64,12 +67,13 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Counts one live instance from creation until drop.
+/// Counts one live instance from creation until drop, for the metrics and
+/// the epoch ticker.
 pub(crate) struct LiveInstance(Gauge);
 
 impl LiveInstance {
-    pub(crate) fn new(gauge: &Gauge) -> Self {
-        gauge.inc();
+    pub(crate) fn new(gauge: &Gauge, activity: &super::ticker::Activity) -> Self {
+        activity.enter();
         Self(gauge.clone())
     }
 }

@@ -3,8 +3,10 @@
 //! and pre-instantiated ([`component`]) with their compiled code cached on
 //! disk ([`cache`]), the per-instance state ([`host`]) and what it may hold
 //! ([`limits`]), one request run through a fresh instance ([`invoke`]), and
-//! fair CPU between the guests of a thread ([`fair`]), and instances reused
-//! across requests where a route asks for it ([`reuse`]).
+//! fair CPU between the guests of a thread ([`fair`]), instances reused
+//! across requests where a route asks for it ([`reuse`]), and the epoch
+//! ticker that drives the fairness ([`ticker`]); which of the pool's fast
+//! paths the machine offers ([`mechanisms`]).
 //!
 //! It uses the capabilities guests import and the telemetry it reports to;
 //! it knows nothing of routes, listeners or admission.
@@ -16,7 +18,9 @@ pub mod fair;
 pub mod host;
 pub mod invoke;
 pub mod limits;
+pub mod mechanisms;
 pub mod reuse;
+pub mod ticker;
 
 pub use component::LoadedComponent;
 pub use engine::{AllocatorKind, HandlerKind};
@@ -55,6 +59,10 @@ pub struct Runtime {
     pub(crate) epoch_interruption: bool,
     pub(crate) capabilities: Capabilities,
     pub(crate) telemetry: Arc<Telemetry>,
+    /// The pool's fast paths in use on this machine.
+    pub mechanisms: mechanisms::PoolMechanisms,
+    /// Instances alive, for the epoch ticker.
+    pub(crate) activity: Arc<ticker::Activity>,
 }
 
 impl Runtime {
@@ -69,8 +77,12 @@ impl Runtime {
         if !settings.epoch_interruption {
             tracing::warn!("epoch interruption is off: CPU-bound guests cannot be interrupted");
         }
-        let p2 = Self::engine_parts(settings, cache_dir.as_deref(), HandlerKind::P2)?;
+        let activity = Arc::new(ticker::Activity::new(telemetry.metrics.live_instances_gauge().clone()));
+        let p2 = Self::engine_parts(settings, cache_dir.as_deref(), HandlerKind::P2, &activity)?;
+        let mechanisms = mechanisms::PoolMechanisms::detect(p2.allocator, settings.pagemap_scan);
+        mechanisms.log();
         Ok(Self {
+            mechanisms,
             engine: p2.engine.clone(),
             allocator: p2.allocator,
             p2,
@@ -81,6 +93,7 @@ impl Runtime {
             epoch_interruption: settings.epoch_interruption,
             capabilities,
             telemetry,
+            activity,
         })
     }
 
@@ -88,6 +101,7 @@ impl Runtime {
         settings: &engine::EngineSettings,
         cache_dir: Option<&std::path::Path>,
         kind: HandlerKind,
+        activity: &Arc<ticker::Activity>,
     ) -> Result<EngineParts> {
         let (engine, allocator) = engine::build_engine(settings, kind)?;
         tracing::info!(
@@ -97,7 +111,7 @@ impl Runtime {
             "engine ready"
         );
         if settings.epoch_interruption {
-            engine::start_epoch_ticker(&engine);
+            ticker::start(&engine, activity.clone());
         }
         let linker = engine::build_linker(&engine, kind)?;
         let compile_cache = cache_dir.map(|dir| cache::CompileCache::new(dir.to_path_buf(), &engine));
@@ -112,7 +126,12 @@ impl Runtime {
                 if let Some(parts) = self.p3.get() {
                     return Ok(parts);
                 }
-                let parts = Self::engine_parts(&self.settings, self.cache_dir.as_deref(), HandlerKind::P3)?;
+                let parts = Self::engine_parts(
+                    &self.settings,
+                    self.cache_dir.as_deref(),
+                    HandlerKind::P3,
+                    &self.activity,
+                )?;
                 Ok(self.p3.get_or_init(|| parts))
             }
         }

@@ -5,7 +5,7 @@
 //! the same writer, so they interleave in one stream; `RUST_LOG` still
 //! filters them (target `wharf::access`).
 //!
-//! The binary installs one with [`AccessLog::new`]; without one (tests,
+//! The binary installs one with [`AccessLog::batched_stderr`]; without one (tests,
 //! embedders), the request line is an ordinary `tracing` event.
 
 use std::fmt::Write as _;
@@ -59,6 +59,11 @@ impl AccessLog {
             format,
             follows_log_filter: true,
         }
+    }
+
+    /// Lines to stderr, gathered per runtime thread (see [`super::batch`]).
+    pub fn batched_stderr(format: AccessLogFormat) -> Self {
+        Self { writer: Box::new(super::batch::append), format, follows_log_filter: true }
     }
 
     /// Like [`Self::new`], but writes every line whatever `RUST_LOG` says

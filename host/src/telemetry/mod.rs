@@ -1,5 +1,6 @@
 //! Telemetry: what the server says about itself. One request record per
-//! request ([`record`]), written as one access-log line ([`access_log`]) and
+//! request ([`record`]), written as one access-log line ([`access_log`],
+//! gathered per runtime thread by [`batch`]) and
 //! counted in the one set of Prometheus metrics ([`metrics`]) that
 //! `/metrics`, `/healthz` and the tests all read, and lines for floods of
 //! events written at most once a second ([`summary`]).
@@ -7,6 +8,7 @@
 //! Everything else uses this module; it uses nothing of the server's.
 
 pub mod access_log;
+pub mod batch;
 pub mod metrics;
 pub mod record;
 pub mod summary;
