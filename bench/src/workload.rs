@@ -1,0 +1,105 @@
+//! What the benchmark measures: the workloads, the servers that answer them,
+//! and one measured cell.
+
+/// One kind of request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Workload {
+    /// A fixed body, nothing else: the per-request cost of the platform.
+    Hello,
+    /// The shared counter, on the in-memory store (native: a mutex).
+    CounterMemory,
+    /// The shared counter on redb (the default store): one durable commit
+    /// per group of increments.
+    CounterRedb,
+    /// The shared counter on Redis.
+    CounterRedis,
+    /// Waits 100 ms on the host clock, then answers: many requests in
+    /// flight, little CPU.
+    Sleep,
+    /// Hello from a WASI 0.3 component, a fresh instance per request.
+    HelloP3,
+    /// The same with instances reused (`wasmtime serve`'s p3 defaults).
+    HelloP3Reuse,
+    /// Hello behind a rate limit whose bucket is in Redis.
+    HelloRedisRateLimit,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 8] = [
+        Self::Hello,
+        Self::CounterMemory,
+        Self::CounterRedb,
+        Self::CounterRedis,
+        Self::Sleep,
+        Self::HelloP3,
+        Self::HelloP3Reuse,
+        Self::HelloRedisRateLimit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::CounterMemory => "counter (memory)",
+            Self::CounterRedb => "counter (redb)",
+            Self::CounterRedis => "counter (redis)",
+            Self::Sleep => "sleep-100ms",
+            Self::HelloP3 => "hello-p3",
+            Self::HelloP3Reuse => "hello-p3 (reuse)",
+            Self::HelloRedisRateLimit => "hello + redis rate limit",
+        }
+    }
+
+    /// The path on a Wharf or native server.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Hello => "/hello",
+            Self::CounterMemory | Self::CounterRedb | Self::CounterRedis => "/api/count",
+            Self::Sleep => "/sleep",
+            Self::HelloP3 => "/hello-p3",
+            Self::HelloP3Reuse => "/hello-p3-reuse",
+            Self::HelloRedisRateLimit => "/limited",
+        }
+    }
+
+    /// The concurrencies measured unless the command line says otherwise.
+    pub fn default_concurrency(self) -> &'static [usize] {
+        match self {
+            Self::Hello => &[1, 10, 100, 1000],
+            Self::CounterMemory | Self::CounterRedb | Self::CounterRedis => &[1, 100],
+            Self::Sleep => &[100, 1000, 2000],
+            Self::HelloP3 | Self::HelloP3Reuse | Self::HelloRedisRateLimit => &[100],
+        }
+    }
+
+    /// The workload another server answers the same way, for ratios: the
+    /// native counter is a mutex, like the in-memory store.
+    pub fn comparable(self, other: Workload) -> bool {
+        self == other || matches!((self, other), (Self::HelloP3 | Self::HelloP3Reuse, Self::HelloP3))
+    }
+}
+
+/// What one cell measured.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub server: String,
+    /// Server on one core, load generator on the other.
+    pub pinned: bool,
+    pub workload: Workload,
+    pub concurrency: usize,
+    pub ok_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+    pub cpu_us_per_req: f64,
+    pub cpu_cores: f64,
+    pub peak_rss_mib: f64,
+    pub idle_rss_mib: f64,
+}
+
+impl Cell {
+    /// Memory per request in flight: what the cell added to the idle RSS,
+    /// over its concurrency.
+    pub fn kib_per_request_in_flight(&self) -> f64 {
+        (self.peak_rss_mib - self.idle_rss_mib).max(0.0) * 1024.0 / self.concurrency as f64
+    }
+}
