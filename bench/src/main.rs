@@ -113,7 +113,8 @@ fn main() -> Result<()> {
         Some(path) => {
             let copy = root.join("target/bench-wharf-before");
             std::fs::copy(path, &copy)?;
-            notes.push(format!("wharf-before: {}", path.display()));
+            let name = path.file_name().map_or("?".into(), |n| n.to_string_lossy().into_owned());
+            notes.push(format!("wharf-before: an earlier build ({name}) on the same manifests"));
             Some(copy)
         }
         None => None,

@@ -1,8 +1,8 @@
 //! Fair CPU between the guests of one runtime thread. Every running guest
-//! yields at each epoch tick. At its first tick an instance goes to the back
+//! yields at each epoch tick. At a first tick an instance goes to the back
 //! of the thread's run queue like any task: a request that merely ran into
-//! a tick loses a turn, nothing more. From its second tick on (it has
-//! computed for more than a tick, far beyond what answering a request
+//! a tick loses a turn, nothing more. From its second tick in a row on (it
+//! has computed for more than a tick, far beyond what answering a request
 //! takes) it is parked in this thread's idle queue and woken only when the
 //! thread has nothing else to run, one at a time, with the network polled
 //! in between. So a guest that computes for a long time gets the thread's
@@ -47,12 +47,42 @@ pub fn on_park() {
     }
 }
 
-/// Ticks an instance may run into before it counts as computing for long.
+/// Ticks in a row an instance may run into before it counts as computing
+/// for long.
 const FREE_TICKS: u32 = 1;
 
-/// What an instance does at its `ticks`-th epoch tick.
-pub fn at_tick(ticks: u32) -> wasmtime::UpdateDeadline {
-    if ticks <= FREE_TICKS {
+/// Ticks closer together than this are in a row: the instance computed
+/// from one to the next (a reused instance that computes now and then
+/// starts again from one).
+const IN_A_ROW: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// One instance's recent ticks.
+#[derive(Debug, Default)]
+pub struct Ticks {
+    last: Option<std::time::Instant>,
+    in_a_row: u32,
+    /// Never parked: a reused instance serving request after request
+    /// computes in a row by design, and parking it would stall every
+    /// request it holds. It yields at each tick like any task.
+    reused: bool,
+}
+
+impl Ticks {
+    /// The ticks of an instance reused across requests.
+    pub fn reused() -> Self {
+        Self { reused: true, ..Self::default() }
+    }
+}
+
+/// What an instance does at an epoch tick.
+pub fn at_tick(ticks: &mut Ticks) -> wasmtime::UpdateDeadline {
+    let now = std::time::Instant::now();
+    ticks.in_a_row = match ticks.last {
+        Some(last) if now.duration_since(last) < IN_A_ROW => ticks.in_a_row + 1,
+        _ => 1,
+    };
+    ticks.last = Some(now);
+    if ticks.in_a_row <= FREE_TICKS || ticks.reused {
         wasmtime::UpdateDeadline::Yield(1)
     } else {
         wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(YieldToOthers { parked: false }))

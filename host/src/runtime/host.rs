@@ -23,8 +23,8 @@ pub struct Host {
     pub(crate) key_value: KeyValueCtx,
     pub(crate) limits: super::limits::InstanceLimiter,
     pub(crate) outbound: OutboundHooks,
-    /// Epoch ticks the instance has run into (see `fair`).
-    pub(crate) epoch_ticks: u32,
+    /// The epoch ticks the instance ran into lately (see `fair`).
+    pub(crate) epoch_ticks: super::fair::Ticks,
     _live: LiveInstance,
 }
 
@@ -45,7 +45,7 @@ impl Host {
             key_value,
             limits,
             outbound,
-            epoch_ticks: 0,
+            epoch_ticks: super::fair::Ticks::default(),
             _live: live,
         }
     }

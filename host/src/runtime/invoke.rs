@@ -410,11 +410,8 @@ pub(crate) fn new_store(
     // the other requests on its thread, and can be aborted.
     if runtime.epoch_interruption {
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut store| {
-            let host = store.data_mut();
-            host.epoch_ticks += 1;
-            Ok(super::fair::at_tick(host.epoch_ticks))
-        });
+        store
+            .epoch_deadline_callback(|mut store| Ok(super::fair::at_tick(&mut store.data_mut().epoch_ticks)));
     }
     store
 }

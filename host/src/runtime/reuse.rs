@@ -96,6 +96,9 @@ impl HandlerState for Workers {
                 request_id: format!("reused-{}", component.name_for_logs).into(),
             };
             let mut store = super::invoke::new_store(&runtime, &component, &context);
+            // A reused instance computes for request after request: its
+            // ticks in a row are work, not spinning (see `fair`).
+            store.data_mut().epoch_ticks = super::fair::Ticks::reused();
             let instantiating = Instant::now();
             let proxy = match &component.handler {
                 HandlerPre::P2(pre) => Proxy::P2(pre.instantiate_async(&mut store).await?),
