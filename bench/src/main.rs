@@ -124,41 +124,36 @@ fn main() -> Result<()> {
     let wharf_builds: Vec<(&str, &Path)> = std::iter::once(("wharf", wharf_bin.as_path()))
         .chain(before_bin.as_deref().map(|b| ("wharf-before", b)))
         .collect();
+    // Wharf `binary` as `name` on `manifest`, with `extra` arguments.
+    let wharf = |name: &str, binary: &Path, manifest: &str, extra: &[&str], workloads, pinned| {
+        let mut args = cli.wharf_args.clone();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        servers::wharf(name, binary, &root, manifest, &args, workloads, pinned)
+    };
     for (name, binary) in &wharf_builds {
         let mut workloads = vec![Workload::Hello, Workload::CounterMemory, Workload::Sleep];
         if *name == "wharf" {
             workloads.extend([Workload::HelloP3, Workload::HelloP3Reuse]);
         }
-        launches.push(servers::wharf(
-            name,
-            binary,
-            &root,
-            "wharf-bench.toml",
-            &cli.wharf_args,
-            workloads,
-            false,
-        )?);
-        let mut redb_args = cli.wharf_args.clone();
-        redb_args.extend(["--kv".into(), "redb".into()]);
-        launches.push(servers::wharf(
+        launches.push(wharf(name, binary, "wharf-bench.toml", &[], workloads, false)?);
+        let redb = vec![Workload::CounterRedb];
+        launches.push(wharf(
             &format!("{name}-redb"),
             binary,
-            &root,
             "wharf-bench.toml",
-            &redb_args,
-            vec![Workload::CounterRedb],
+            &["--kv", "redb"],
+            redb,
             false,
         )?);
         if let Some(redis) = &redis {
-            let mut redis_args = cli.wharf_args.clone();
-            redis_args.extend(["--redis-url".into(), redis.url.clone()]);
-            launches.push(servers::wharf(
+            let workloads = vec![Workload::CounterRedis, Workload::HelloRedisRateLimit];
+            let args = ["--redis-url", redis.url.as_str()];
+            launches.push(wharf(
                 &format!("{name}-redis"),
                 binary,
-                &root,
                 "wharf-bench-redis.toml",
-                &redis_args,
-                vec![Workload::CounterRedis, Workload::HelloRedisRateLimit],
+                &args,
+                workloads,
                 false,
             )?);
         }
@@ -183,31 +178,13 @@ fn main() -> Result<()> {
     if !cli.no_pinned && report_cores() >= 2 {
         launches.push(Launch { workloads: vec![Workload::Hello], ..servers::native(true)? });
         for (name, binary) in &wharf_builds {
-            launches.push(servers::wharf(
-                name,
-                binary,
-                &root,
-                "wharf-bench.toml",
-                &cli.wharf_args,
-                vec![Workload::Hello],
-                true,
-            )?);
+            launches.push(wharf(name, binary, "wharf-bench.toml", &[], vec![Workload::Hello], true)?);
         }
         // What the pool's fast paths are worth here (see the README).
         for (name, flag) in
             [("wharf-no-pagemap-scan", "--no-pagemap-scan"), ("wharf-no-pool", "--no-pooling")]
         {
-            let mut args = cli.wharf_args.clone();
-            args.push(flag.into());
-            launches.push(servers::wharf(
-                name,
-                &wharf_bin,
-                &root,
-                "wharf-bench.toml",
-                &args,
-                vec![Workload::Hello],
-                true,
-            )?);
+            launches.push(wharf(name, &wharf_bin, "wharf-bench.toml", &[flag], vec![Workload::Hello], true)?);
         }
         if let Some(wasmtime) = &wasmtime {
             let hello = root.join("target/components/wasm32-wasip2/release/hello.wasm");

@@ -74,122 +74,144 @@ fn table(out: &mut String, cells: &[Cell]) {
     }
 }
 
-/// One target: what it compares, the goal, and how to compute it for a
-/// Wharf build from the cells.
+/// Which server a target reads, relative to the Wharf build it is for.
+#[derive(Clone, Copy)]
+enum Who {
+    /// The build itself (`wharf` or `wharf-before`).
+    Build,
+    /// The build on redb (`<build>-redb`).
+    BuildRedb,
+    Native,
+    WasmtimeTuned,
+}
+
+/// What a target reads from a cell.
+#[derive(Clone, Copy)]
+enum Measure {
+    Rate,
+    P99,
+    Cpu,
+    KibInFlight,
+}
+
+/// One cell's figure: whose, which workload, at what concurrency, pinned
+/// or not, and which measure.
+#[derive(Clone, Copy)]
+struct Figure(Who, Workload, usize, bool, Measure);
+
+impl Figure {
+    fn read(self, cells: &[Cell], build: &str) -> Option<f64> {
+        let Figure(who, workload, c, pinned, measure) = self;
+        let server = match who {
+            Who::Build => build.to_string(),
+            Who::BuildRedb => format!("{build}-redb"),
+            Who::Native => "native".into(),
+            Who::WasmtimeTuned => "wasmtime-tuned".into(),
+        };
+        let cell = cells.iter().find(|x| {
+            x.server == server && x.workload == workload && x.concurrency == c && x.pinned == pinned
+        })?;
+        Some(match measure {
+            Measure::Rate => cell.ok_per_sec,
+            Measure::P99 => cell.p99_ms,
+            Measure::Cpu => cell.cpu_us_per_req,
+            Measure::KibInFlight => cell.kib_per_request_in_flight(),
+        })
+    }
+}
+
+/// One target: a figure, or the ratio of two, against a goal.
 struct Target {
     what: &'static str,
     goal: &'static str,
-    value: fn(&[Cell], &str) -> Option<f64>,
+    figure: Figure,
+    over: Option<Figure>,
     unit: &'static str,
 }
 
-fn cell<'a>(cells: &'a [Cell], server: &str, workload: Workload, c: usize, pinned: bool) -> Option<&'a Cell> {
-    cells
-        .iter()
-        .find(|x| x.server == server && x.workload == workload && x.concurrency == c && x.pinned == pinned)
+impl Target {
+    fn value(&self, cells: &[Cell], build: &str) -> Option<f64> {
+        let value = self.figure.read(cells, build)?;
+        match self.over {
+            Some(over) => Some(value / over.read(cells, build)?),
+            None => Some(value),
+        }
+    }
 }
 
-fn redb_server(server: &str) -> String {
-    format!("{server}-redb")
-}
+use Measure::{Cpu, KibInFlight, P99, Rate};
+use Who::{Build, BuildRedb, Native, WasmtimeTuned};
+use Workload::{CounterMemory, CounterRedb, Hello, Sleep};
 
 const TARGETS: [Target; 10] = [
     Target {
         what: "counter c=100: redb rate / in-memory rate",
         goal: ">= 0.50",
-        value: |cells, s| {
-            let redb = cell(cells, &redb_server(s), Workload::CounterRedb, 100, false)?;
-            let memory = cell(cells, s, Workload::CounterMemory, 100, false)?;
-            Some(redb.ok_per_sec / memory.ok_per_sec)
-        },
+        figure: Figure(BuildRedb, CounterRedb, 100, false, Rate),
+        over: Some(Figure(Build, CounterMemory, 100, false, Rate)),
         unit: "x",
     },
     Target {
         what: "counter c=100: redb p99 / in-memory p99",
         goal: "<= 2.0",
-        value: |cells, s| {
-            let redb = cell(cells, &redb_server(s), Workload::CounterRedb, 100, false)?;
-            let memory = cell(cells, s, Workload::CounterMemory, 100, false)?;
-            Some(redb.p99_ms / memory.p99_ms)
-        },
+        figure: Figure(BuildRedb, CounterRedb, 100, false, P99),
+        over: Some(Figure(Build, CounterMemory, 100, false, P99)),
         unit: "x",
     },
     Target {
         what: "hello: rate at c=1000 / rate at c=100",
         goal: ">= 0.90",
-        value: |cells, s| {
-            Some(
-                cell(cells, s, Workload::Hello, 1000, false)?.ok_per_sec
-                    / cell(cells, s, Workload::Hello, 100, false)?.ok_per_sec,
-            )
-        },
+        figure: Figure(Build, Hello, 1000, false, Rate),
+        over: Some(Figure(Build, Hello, 100, false, Rate)),
         unit: "x",
     },
     Target {
         what: "hello c=1000: p99 / native p99",
         goal: "<= 2.0",
-        value: |cells, s| {
-            Some(
-                cell(cells, s, Workload::Hello, 1000, false)?.p99_ms
-                    / cell(cells, "native", Workload::Hello, 1000, false)?.p99_ms,
-            )
-        },
+        figure: Figure(Build, Hello, 1000, false, P99),
+        over: Some(Figure(Native, Hello, 1000, false, P99)),
         unit: "x",
     },
     Target {
         what: "pinned hello c=100: CPU per request",
         goal: "<= 25 us",
-        value: |cells, s| Some(cell(cells, s, Workload::Hello, 100, true)?.cpu_us_per_req),
+        figure: Figure(Build, Hello, 100, true, Cpu),
+        over: None,
         unit: " us",
     },
     Target {
         what: "pinned hello c=100: rate / tuned wasmtime serve",
         goal: ">= 2.0",
-        value: |cells, s| {
-            Some(
-                cell(cells, s, Workload::Hello, 100, true)?.ok_per_sec
-                    / cell(cells, "wasmtime-tuned", Workload::Hello, 100, true)?.ok_per_sec,
-            )
-        },
+        figure: Figure(Build, Hello, 100, true, Rate),
+        over: Some(Figure(WasmtimeTuned, Hello, 100, true, Rate)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: rate / native",
         goal: ">= 0.98",
-        value: |cells, s| {
-            Some(
-                cell(cells, s, Workload::Sleep, 2000, false)?.ok_per_sec
-                    / cell(cells, "native", Workload::Sleep, 2000, false)?.ok_per_sec,
-            )
-        },
+        figure: Figure(Build, Sleep, 2000, false, Rate),
+        over: Some(Figure(Native, Sleep, 2000, false, Rate)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: p99 / native p99",
         goal: "<= 1.2",
-        value: |cells, s| {
-            Some(
-                cell(cells, s, Workload::Sleep, 2000, false)?.p99_ms
-                    / cell(cells, "native", Workload::Sleep, 2000, false)?.p99_ms,
-            )
-        },
+        figure: Figure(Build, Sleep, 2000, false, P99),
+        over: Some(Figure(Native, Sleep, 2000, false, P99)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: CPU per request / hello's (c=1000)",
         goal: "<= 1.5",
-        value: |cells, s| {
-            Some(
-                cell(cells, s, Workload::Sleep, 2000, false)?.cpu_us_per_req
-                    / cell(cells, s, Workload::Hello, 1000, false)?.cpu_us_per_req,
-            )
-        },
+        figure: Figure(Build, Sleep, 2000, false, Cpu),
+        over: Some(Figure(Build, Hello, 1000, false, Cpu)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: memory per request in flight",
         goal: "<= 48 KiB",
-        value: |cells, s| Some(cell(cells, s, Workload::Sleep, 2000, false)?.kib_per_request_in_flight()),
+        figure: Figure(Build, Sleep, 2000, false, KibInFlight),
+        over: None,
         unit: " KiB",
     },
 ];
@@ -213,7 +235,7 @@ fn targets(out: &mut String, cells: &[Cell]) {
     for target in &TARGETS {
         let _ = write!(out, "| {} | {} |", target.what, target.goal);
         for build in &builds {
-            match (target.value)(cells, build) {
+            match target.value(cells, build) {
                 Some(value) => {
                     let _ = write!(out, " {value:.2}{} |", target.unit);
                 }
@@ -227,8 +249,9 @@ fn targets(out: &mut String, cells: &[Cell]) {
     let _ = writeln!(
         out,
         "\nMemory per request in flight is (peak RSS - idle RSS) / concurrency; native at sleep c=2000: {}.",
-        cell(cells, "native", Workload::Sleep, 2000, false)
-            .map_or("not measured".into(), |c| format!("{:.1} KiB", c.kib_per_request_in_flight()))
+        Figure(Native, Sleep, 2000, false, KibInFlight)
+            .read(cells, "native")
+            .map_or("not measured".into(), |kib| format!("{kib:.1} KiB"))
     );
 }
 
@@ -249,4 +272,43 @@ fn cpu_model() -> String {
 
 fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(server: &str, workload: Workload, concurrency: usize, ok_per_sec: f64, p99_ms: f64) -> Cell {
+        Cell {
+            server: server.into(),
+            pinned: false,
+            workload,
+            concurrency,
+            ok_per_sec,
+            p50_ms: 1.0,
+            p99_ms,
+            errors: 0,
+            cpu_us_per_req: 10.0,
+            cpu_cores: 1.0,
+            peak_rss_mib: 10.0,
+            idle_rss_mib: 5.0,
+        }
+    }
+
+    #[test]
+    fn targets_read_the_cells_of_each_build() {
+        let cells = [
+            cell("wharf", CounterMemory, 100, 1000.0, 4.0),
+            cell("wharf-redb", CounterRedb, 100, 600.0, 6.0),
+            cell("wharf-before-redb", CounterRedb, 100, 300.0, 6.0),
+        ];
+        assert_eq!(TARGETS[0].value(&cells, "wharf"), Some(0.6));
+        assert_eq!(TARGETS[1].value(&cells, "wharf"), Some(1.5));
+        assert_eq!(TARGETS[0].value(&cells, "wharf-before"), None, "no in-memory cell for that build");
+        let report = render(&cells, &RunInfo { title: "t".into(), seconds: 1, notes: vec![] });
+        assert!(
+            report.contains("| counter c=100: redb rate / in-memory rate | >= 0.50 | 0.60x |"),
+            "{report}"
+        );
+    }
 }
