@@ -164,16 +164,21 @@ fn main() -> Result<()> {
     }
 }
 
-/// Compiling components (cranelift) is the largest allocation a server
-/// makes, and it is over once the app is loaded: hand the freed memory back
-/// to the kernel now rather than keep it for allocations that never come.
+/// Compiling components (cranelift, on rayon's threads) is the largest
+/// allocation a server makes, and it is over once the app is loaded: every
+/// thread that compiled hands its freed memory back to the kernel now,
+/// rather than keep it for allocations that never come.
 fn return_compilation_memory() {
-    // SAFETY: `mi_collect` only walks and releases the allocator's own free
-    // memory; it may be called at any time from any thread.
-    #[allow(unsafe_code, reason = "mimalloc's collect has no safe wrapper")]
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
+    fn collect() {
+        // SAFETY: `mi_collect` only walks and releases the calling thread's
+        // own free memory; it may be called at any time.
+        #[allow(unsafe_code, reason = "mimalloc's collect has no safe wrapper")]
+        unsafe {
+            libmimalloc_sys::mi_collect(true);
+        }
     }
+    rayon::broadcast(|_| collect());
+    collect();
 }
 
 fn load_manifest(args: &AppArgs) -> Result<Manifest> {
