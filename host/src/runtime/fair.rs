@@ -11,8 +11,9 @@
 //! times the tick.
 //!
 //! (Parking from the first tick measured badly: under saturation a thread
-//! seldom idles, and one request in ten, each merely unlucky to be running
-//! at a tick, waited up to a second.)
+//! seldom idles, and, with the deadline then counted from when a request
+//! was read, every request that waited a tick in the run queue was parked
+//! at its first instruction: one in ten waited up to a second.)
 //!
 //! The server's runtime threads install the queue and wake it from their
 //! park hook; on any other thread a tick is a plain yield.
