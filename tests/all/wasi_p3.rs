@@ -3,6 +3,7 @@
 //! Spin's SDK 7.
 
 use crate::harness::*;
+use crate::upstream::Upstream;
 use std::time::Duration;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -34,6 +35,7 @@ source = "{components}/hello.wasm"
 
 [component.hello-p3]
 source = "{components}/hello_p3.wasm"
+allowed_outbound_hosts = ["http://127.0.0.1:*", "http://self"]
 
 [component.stream-p3]
 source = "{components}/stream_p3.wasm"
@@ -64,6 +66,32 @@ async fn a_spin_sdk_7_component_answers_through_a_route() {
     let (server, _dir) = TestServer::start(&app("")).await;
     let reply = get(&http1_client(), &server.url("/spin")).await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "Hello from Spin!\n"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn p3_outbound_calls_go_through_the_pooled_allow_listed_client() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let upstream = Upstream::start().await;
+    let client = http1_client();
+    let fetch = |url: String| server.url(&format!("/hello-p3?fetch={url}"));
+
+    for _ in 0..3 {
+        let reply = get(&client, &fetch(upstream.url("/ok"))).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "200 ok"));
+    }
+    assert_eq!(upstream.accepted(), 1, "one pooled connection for three calls one after another");
+
+    let own = get(&client, &fetch("http://self/hello".into())).await;
+    assert_eq!((own.status, own.body.as_str()), (200, "200 Hello, world!\n"), "self is served in process");
+
+    // Allowed as 127.0.0.1, not as localhost.
+    let denied = get(&client, &fetch(format!("http://localhost:{}/ok", upstream.addr.port()))).await;
+    assert_eq!((denied.status, denied.body.as_str()), (502, "ErrorCode::HttpRequestDenied"));
+    assert_eq!(upstream.accepted(), 1, "nothing more reached the upstream");
+    let metrics = get(&client, &server.admin_url("/metrics")).await.body;
+    assert!(metrics.contains("wharf_outbound_denied_total 1"), "{metrics}");
+    eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
     server.stop().await;
 }
 
@@ -231,6 +259,7 @@ component = "echo"
 
 [component.hello-p3]
 source = "{components}/hello_p3.wasm"
+allowed_outbound_hosts = ["http://127.0.0.1:*", "http://self"]
 
 [component.echo]
 source = "{components}/echo.wasm"

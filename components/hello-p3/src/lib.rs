@@ -4,9 +4,12 @@
 //! clock before answering; `x-instance-requests` counts the requests this
 //! instance has taken and `x-instance-in-hand` those it had in hand at once
 //! (with this one), which only differ from 1 when the instance is reused.
+//! `?fetch=http://host/path` (the last parameter, unencoded) sends a GET
+//! there through `wasi:http/client` first and answers `<status> <body>`, or
+//! 502 with the error code.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use wasip3::http::types::{ErrorCode, Fields, Request, Response};
+use wasip3::http::types::{ErrorCode, Fields, Request, Response, Scheme};
 
 /// Requests this instance has taken, and has in hand now (instance memory:
 /// shared by the requests of a reused instance, which tests count).
@@ -23,25 +26,54 @@ impl wasip3::exports::http::handler::Guest for Hello {
         let taken = TAKEN.fetch_add(1, Ordering::Relaxed) + 1;
         let in_hand = IN_HAND.fetch_add(1, Ordering::Relaxed) + 1;
         let path = request.get_path_with_query().unwrap_or_default();
-        let wait_ms = path.split_once("wait_ms=").and_then(|(_, rest)| rest.split('&').next()?.parse::<u64>().ok());
+        let wait_ms =
+            path.split_once("wait_ms=").and_then(|(_, rest)| rest.split('&').next()?.parse::<u64>().ok());
         if let Some(ms) = wait_ms {
             wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
         }
+        let (status, text) = match path.split_once("fetch=") {
+            Some((_, url)) => match fetch(url).await {
+                Ok((status, body)) => (200, format!("{status} {body}")),
+                Err(error) => (502, format!("{error:?}")),
+            },
+            None => (200, "Hello, world!\n".to_string()),
+        };
         let headers = Fields::from_list(&[
             ("content-type".into(), b"text/plain; charset=utf-8".to_vec()),
             ("x-wasi".into(), b"0.3".to_vec()),
             ("x-instance-requests".into(), taken.to_string().into_bytes()),
             ("x-instance-in-hand".into(), in_hand.to_string().into_bytes()),
         ])
-            .map_err(|_| ErrorCode::InternalError(None))?;
+        .map_err(|_| ErrorCode::InternalError(None))?;
         let (mut body, contents) = wit_stream::new();
         let (trailers_tx, trailers) = wit_future::new(|| Ok(None));
         let (response, _sent) = Response::new(headers, Some(contents), trailers);
+        response.set_status_code(status).map_err(|_| ErrorCode::InternalError(None))?;
         drop(trailers_tx);
         wit_bindgen::spawn(async move {
-            body.write_all(b"Hello, world!\n".to_vec()).await;
+            body.write_all(text.into_bytes()).await;
         });
         IN_HAND.fetch_sub(1, Ordering::Relaxed);
         Ok(response)
     }
+}
+
+/// GETs `url` (`http://authority/path`) and returns its status and body.
+async fn fetch(url: &str) -> Result<(u16, String), ErrorCode> {
+    let invalid = || ErrorCode::InternalError(Some(format!("not an http:// URL: {url}")));
+    let rest = url.strip_prefix("http://").ok_or_else(invalid)?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, "/"),
+    };
+    let (_trailers_tx, trailers) = wit_future::new(|| Ok(None));
+    let (request, _sent) = Request::new(Fields::new(), None, trailers, None);
+    request.set_scheme(Some(&Scheme::Http)).map_err(|_| invalid())?;
+    request.set_authority(Some(authority)).map_err(|_| invalid())?;
+    request.set_path_with_query(Some(path)).map_err(|_| invalid())?;
+    let response = wasip3::http::client::send(request).await?;
+    let status = response.get_status_code();
+    let (_done_tx, done) = wit_future::new(|| Ok(()));
+    let (body, _trailers) = Response::consume_body(response, done);
+    Ok((status, String::from_utf8_lossy(&body.collect().await).into_owned()))
 }
