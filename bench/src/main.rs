@@ -53,8 +53,8 @@ struct Cli {
     /// Only these concurrencies, comma-separated (default: per workload).
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
-    /// Only servers whose name starts with one of these (native, wharf,
-    /// wharf-before, wasmtime, wasmtime-tuned, wasmtime-p3).
+    /// Only these servers, by exact name (native, wharf, wharf-redb,
+    /// wharf-redis, wharf-before, ..., wasmtime, wasmtime-tuned, wasmtime-p3).
     #[arg(long, value_delimiter = ',')]
     servers: Vec<String>,
     /// An earlier `wharf` binary to measure beside this one ("wharf-before").
