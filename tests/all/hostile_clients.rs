@@ -1,7 +1,7 @@
 //! Clients that try to take the server down or walk around its bounds:
 //! silent and half-open connections, clients that stop reading, one client
 //! taking every permit, spoofed forwarded addresses, path spellings that
-//! dodge auth, a second server on the same address.
+//! dodge auth, a second server on the same address, HTTP/2 rapid reset.
 
 use crate::harness::*;
 use bytes::Bytes;
@@ -681,5 +681,48 @@ async fn the_admin_listener_takes_a_bearer_token() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(send(&client, with_token).await.status, 200);
+    server.stop().await;
+}
+
+/// Opens up to 20,000 HTTP/2 streams on one connection, resetting each at
+/// once, and returns how the connection ended. A careless attacker floods
+/// before the server's SETTINGS arrive (so it exceeds the stream limit); a
+/// careful one sends an honest request first and keeps to the limit.
+async fn rapid_reset_flood(server: &TestServer, careful: bool) -> Result<(), h2::Error> {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    if careful {
+        let request = http::Request::get(server.url("/hello")).body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+    }
+    for _ in 0..20_000 {
+        let Ok(ready) = client.ready().await else { break };
+        client = ready;
+        let request = http::Request::get(server.url("/hello")).body(()).unwrap();
+        let Ok((_response, mut stream)) = client.send_request(request, true) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    tokio::time::timeout(30 * SECOND, connection).await.expect("the connection was never closed").unwrap()
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and
+/// resets them at once is cut off with GOAWAY (h2's limits: 20 resets of
+/// streams not yet taken, 1,024 streams refused), before its streams reach
+/// a guest, and nothing is left behind.
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_is_cut_off_and_leaves_nothing_behind() {
+    let (server, _dir) = TestServer::start(&tight("")).await;
+    for careful in [false, true] {
+        // Without the limits the careful flood ends cleanly at the
+        // keep-alive timeout, with all 20,000 streams served.
+        let ended = rapid_reset_flood(&server, careful).await;
+        assert!(ended.is_err(), "careful={careful}: cut off by the server, not closed cleanly");
+    }
+    let served = server.app.telemetry.metrics.requests_total();
+    assert!(served < 1_000, "{served} of 40,000 reset streams reached the server's request path");
+    a_normal_client_is_served(&server).await;
+    eventually("no instance left", 5 * SECOND, || live(&server) == 0).await;
     server.stop().await;
 }
