@@ -23,6 +23,15 @@ component = "hello-p3"
 timeout_secs = 1
 
 [[route]]
+path = "/spin-p3"
+component = "hello-p3"
+timeout_secs = 60
+
+[[route]]
+path = "/small-p3"
+component = "small-p3"
+
+[[route]]
 path = "/stream-p3"
 component = "stream-p3"
 
@@ -36,6 +45,10 @@ source = "{components}/hello.wasm"
 [component.hello-p3]
 source = "{components}/hello_p3.wasm"
 allowed_outbound_hosts = ["http://127.0.0.1:*", "http://self"]
+
+[component.small-p3]
+source = "{components}/hello_p3.wasm"
+max_memory_mb = 16
 
 [component.stream-p3]
 source = "{components}/stream_p3.wasm"
@@ -91,6 +104,51 @@ async fn p3_outbound_calls_go_through_the_pooled_allow_listed_client() {
     assert_eq!(upstream.accepted(), 1, "nothing more reached the upstream");
     let metrics = get(&client, &server.admin_url("/metrics")).await.body;
     assert!(metrics.contains("wharf_outbound_denied_total 1"), "{metrics}");
+    eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_spinning_p3_guest_delays_its_neighbours_by_about_one_tick() {
+    // One runtime thread, and on it a 0.3 guest that never stops computing.
+    let (server, _dir) = TestServer::start(&app("threads = 1")).await;
+    let spinner = {
+        let (client, url) = (http1_client(), server.url("/spin-p3?spin=1"));
+        tokio::spawn(async move { get(&client, &url).await })
+    };
+    eventually("the spinner runs", 5 * SECOND, || live(&server) == 1).await;
+    let client = http1_client();
+    let mut latencies = Vec::new();
+    for path in ["/hello", "/hello-p3"] {
+        for _ in 0..100 {
+            let started = std::time::Instant::now();
+            assert_eq!(get(&client, &server.url(path)).await.status, 200);
+            latencies.push(started.elapsed());
+        }
+    }
+    latencies.sort();
+    let (p50, p99) = (latencies[100], latencies[198]);
+    println!("hello (0.2 and 0.3) beside a spinning 0.3 guest: p50 {p50:?}, p99 {p99:?}");
+    // A tick is 10 ms; a guest that never yielded would hold the one
+    // thread for its whole life (60 s).
+    assert!(p99 < Duration::from_millis(40), "p50 {p50:?}, p99 {p99:?}");
+    // The spinner's client leaves: the spinning instance goes with it.
+    spinner.abort();
+    eventually("the spinner is gone", 5 * SECOND, || live(&server) == 0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_p3_guest_is_held_to_its_memory_limit_below_the_servers_ceiling() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let client = http1_client();
+    // The guest grows its memory until the host refuses: measured on the
+    // instance itself.
+    let small = get(&client, &server.url("/small-p3?grow=1")).await;
+    assert_eq!((small.status, small.body), (200, format!("memory_bytes {}\n", 16 << 20)));
+    let roomy = get(&client, &server.url("/hello-p3?grow=1")).await;
+    assert_eq!((roomy.status, roomy.body), (200, format!("memory_bytes {}\n", 64 << 20)));
+    assert_eq!(get(&client, &server.url("/small-p3")).await.body, "Hello, world!\n");
     eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
     server.stop().await;
 }

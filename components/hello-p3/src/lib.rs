@@ -6,7 +6,9 @@
 //! (with this one), which only differ from 1 when the instance is reused.
 //! `?fetch=http://host/path` (the last parameter, unencoded) sends a GET
 //! there through `wasi:http/client` first and answers `<status> <body>`, or
-//! 502 with the error code.
+//! 502 with the error code. `?spin=1` computes forever; `?grow=1` grows its
+//! linear memory a page at a time until the host refuses, then answers
+//! `memory_bytes N` (the size it reached).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use wasip3::http::types::{ErrorCode, Fields, Request, Response, Scheme};
@@ -31,11 +33,18 @@ impl wasip3::exports::http::handler::Guest for Hello {
         if let Some(ms) = wait_ms {
             wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
         }
+        if path.contains("spin=1") {
+            let mut turns = 0u64;
+            loop {
+                turns = std::hint::black_box(turns.wrapping_add(1));
+            }
+        }
         let (status, text) = match path.split_once("fetch=") {
             Some((_, url)) => match fetch(url).await {
                 Ok((status, body)) => (200, format!("{status} {body}")),
                 Err(error) => (502, format!("{error:?}")),
             },
+            None if path.contains("grow=1") => (200, format!("memory_bytes {}\n", grow_until_refused())),
             None => (200, "Hello, world!\n".to_string()),
         };
         let headers = Fields::from_list(&[
@@ -76,4 +85,11 @@ async fn fetch(url: &str) -> Result<(u16, String), ErrorCode> {
     let (_done_tx, done) = wit_future::new(|| Ok(()));
     let (body, _trailers) = Response::consume_body(response, done);
     Ok((status, String::from_utf8_lossy(&body.collect().await).into_owned()))
+}
+
+/// Grows linear memory a page at a time until the host refuses; its size.
+fn grow_until_refused() -> usize {
+    const PAGE: usize = 64 << 10;
+    while core::arch::wasm32::memory_grow(0, 1) != usize::MAX {}
+    core::arch::wasm32::memory_size(0) * PAGE
 }
