@@ -1,7 +1,8 @@
 //! Clients that try to take the server down or walk around its bounds:
 //! silent and half-open connections, clients that stop reading, one client
 //! taking every permit, spoofed forwarded addresses, path spellings that
-//! dodge auth, a second server on the same address, HTTP/2 rapid reset.
+//! dodge auth, a second server on the same address, HTTP/2 rapid reset and
+//! CONTINUATION floods.
 
 use crate::harness::*;
 use bytes::Bytes;
@@ -724,5 +725,57 @@ async fn an_http2_rapid_reset_flood_is_cut_off_and_leaves_nothing_behind() {
     assert!(served < 1_000, "{served} of 40,000 reset streams reached the server's request path");
     a_normal_client_is_served(&server).await;
     eventually("no instance left", 5 * SECOND, || live(&server) == 0).await;
+    server.stop().await;
+}
+
+/// One HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn http2_frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream_id.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// HTTP/2 CONTINUATION flood (CVE-2024-27316 and its kin): a header block
+/// that never ends is cut off after a few frames (h2 allows as many as
+/// `max_header_bytes` needs, and at least 5), not read until a deadline.
+#[tokio::test]
+async fn an_endless_http2_header_block_is_cut_off() {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const CONTINUATION: u8 = 0x9;
+    const END_STREAM: u8 = 0x1;
+    let (server, _dir) = TestServer::start(&tight("")).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(http2_frame(SETTINGS, 0, 0, &[]));
+    // HPACK: GET, http, /, then :authority localhost; no END_HEADERS, ever.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 9];
+    block.extend(b"localhost");
+    opening.extend(http2_frame(HEADERS, END_STREAM, 1, &block));
+    stream.write_all(&opening).await.unwrap();
+    // 150 literal headers `x-a: aaa...` (100 bytes) a frame: 20 KiB decoded.
+    let mut header = vec![0x00, 3];
+    header.extend(b"x-a");
+    header.push(100);
+    header.extend([b'a'; 100]);
+    let continuation = http2_frame(CONTINUATION, 0, 1, &header.repeat(150));
+    // Loopback takes 64 MiB in well under the 2 s header deadline: only a
+    // server that gives up after a few frames fails the writes before it.
+    let mut written = 0usize;
+    let cut_off = loop {
+        if written > 64 << 20 {
+            break false;
+        }
+        match tokio::time::timeout(10 * SECOND, stream.write_all(&continuation)).await {
+            Ok(Ok(())) => written += continuation.len(),
+            Ok(Err(_)) => break true,
+            Err(_) => panic!("the server stopped reading but kept the connection ({written} bytes written)"),
+        }
+    };
+    assert!(cut_off, "the server read {written} bytes of one header block");
+    a_normal_client_is_served(&server).await;
+    assert_eq!(server.app.telemetry.metrics.requests_total(), 1, "only the normal client's request");
     server.stop().await;
 }
