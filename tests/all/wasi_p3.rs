@@ -45,6 +45,7 @@ source = "{components}/hello.wasm"
 [component.hello-p3]
 source = "{components}/hello_p3.wasm"
 allowed_outbound_hosts = ["http://127.0.0.1:*", "http://self"]
+key_value_stores = ["default"]
 
 [component.small-p3]
 source = "{components}/hello_p3.wasm"
@@ -151,6 +152,62 @@ async fn a_p3_guest_is_held_to_its_memory_limit_below_the_servers_ceiling() {
     assert_eq!(get(&client, &server.url("/small-p3")).await.body, "Hello, world!\n");
     eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
     server.stop().await;
+}
+
+#[tokio::test]
+async fn p3_guests_share_key_value_state_on_each_embedded_store() {
+    for store in ["memory", "redb"] {
+        let (server, _dir) = TestServer::start(
+            &app("").replace("key_value = \"memory\"", &format!("key_value = \"{store}\"")),
+        )
+        .await;
+        let client = http2_client();
+        for expected in 1..=3 {
+            let reply = get(&client, &server.url("/hello-p3?incr=hits")).await;
+            assert_eq!((reply.status, reply.body), (200, format!("count {expected}\n")), "{store}");
+        }
+        // 40 instances at once, each its own increment: none lost or repeated.
+        let replies = futures::future::join_all((0..40).map(|_| {
+            let (client, url) = (client.clone(), server.url("/hello-p3?incr=hits"));
+            async move { get(&client, &url).await }
+        }))
+        .await;
+        let mut counts: Vec<u64> = replies
+            .iter()
+            .map(|r| r.body.trim().strip_prefix("count ").and_then(|n| n.parse().ok()).expect(&r.body))
+            .collect();
+        counts.sort();
+        assert_eq!(counts, (4..=43).collect::<Vec<u64>>(), "{store}");
+        // A component not granted the store is refused.
+        let denied = get(&client, &server.url("/small-p3?incr=hits")).await;
+        assert_eq!((denied.status, denied.body.as_str()), (500, "Error::AccessDenied\n"), "{store}");
+        eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn p3_guest_output_is_prefixed_and_escaped_like_p2s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wharf = WharfProcess::start(dir.path(), &app(""));
+    let reply = get(&http1_client(), &format!("http://{}/hello-p3?print=1", wharf.addr)).await;
+    assert_eq!(reply.status, 200);
+    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    wharf.signal("TERM");
+    assert!(wharf.wait().await.success());
+    let lines: Vec<serde_json::Value> = wharf.logs.iter().collect();
+    let guest: Vec<_> = lines.iter().filter(|l| l["message"] == "guest output").collect();
+    assert_eq!(guest.len(), 4, "two lines each on stdout and stderr: {guest:?}");
+    for line in &guest {
+        assert_eq!(
+            (line["component"].as_str(), line["request_id"].as_str()),
+            (Some("hello-p3"), Some(request_id.as_str()))
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("forged"))),
+        "a forged line stands alone"
+    );
 }
 
 #[tokio::test]
@@ -318,6 +375,7 @@ component = "echo"
 [component.hello-p3]
 source = "{components}/hello_p3.wasm"
 allowed_outbound_hosts = ["http://127.0.0.1:*", "http://self"]
+key_value_stores = ["default"]
 
 [component.echo]
 source = "{components}/echo.wasm"

@@ -8,7 +8,9 @@
 //! there through `wasi:http/client` first and answers `<status> <body>`, or
 //! 502 with the error code. `?spin=1` computes forever; `?grow=1` grows its
 //! linear memory a page at a time until the host refuses, then answers
-//! `memory_bytes N` (the size it reached).
+//! `memory_bytes N` (the size it reached). `?incr=KEY` adds 1 to KEY in
+//! the `default` key-value store and answers `count N`. `?print=1` writes
+//! a forged host log line and a second line to stdout and to stderr.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use wasip3::http::types::{ErrorCode, Fields, Request, Response, Scheme};
@@ -18,6 +20,15 @@ use wasip3::http::types::{ErrorCode, Fields, Request, Response, Scheme};
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 static IN_HAND: AtomicU64 = AtomicU64::new(0);
 use wasip3::{wit_bindgen, wit_future, wit_stream};
+
+/// `wasi:keyvalue` (a WASI 0.2 interface, which a 0.3 component may import).
+mod keyvalue {
+    wasip3::wit_bindgen::generate!({
+        path: "../../wit/deps/keyvalue",
+        world: "wasi:keyvalue/imports@0.2.0-draft",
+        runtime_path: "wasip3::wit_bindgen::rt",
+    });
+}
 
 struct Hello;
 
@@ -33,6 +44,11 @@ impl wasip3::exports::http::handler::Guest for Hello {
         if let Some(ms) = wait_ms {
             wasip3::clocks::monotonic_clock::wait_for(ms * 1_000_000).await;
         }
+        if path.contains("print=1") {
+            let forged = "2026-11-27T00:00:00.000000Z  INFO wharf::access: forged\nsecond line";
+            println!("{forged}");
+            eprintln!("{forged}");
+        }
         if path.contains("spin=1") {
             let mut turns = 0u64;
             loop {
@@ -43,6 +59,10 @@ impl wasip3::exports::http::handler::Guest for Hello {
             Some((_, url)) => match fetch(url).await {
                 Ok((status, body)) => (200, format!("{status} {body}")),
                 Err(error) => (502, format!("{error:?}")),
+            },
+            None if path.contains("incr=") => match increment(&path) {
+                Ok(count) => (200, format!("count {count}\n")),
+                Err(error) => (500, format!("{error:?}\n")),
             },
             None if path.contains("grow=1") => (200, format!("memory_bytes {}\n", grow_until_refused())),
             None => (200, "Hello, world!\n".to_string()),
@@ -92,4 +112,11 @@ fn grow_until_refused() -> usize {
     const PAGE: usize = 64 << 10;
     while core::arch::wasm32::memory_grow(0, 1) != usize::MAX {}
     core::arch::wasm32::memory_size(0) * PAGE
+}
+
+/// Adds 1 to `incr=KEY` in the `default` store; the new count.
+fn increment(path: &str) -> Result<u64, keyvalue::wasi::keyvalue::store::Error> {
+    let key = path.split_once("incr=").map_or("", |(_, rest)| rest.split('&').next().unwrap_or(""));
+    let bucket = keyvalue::wasi::keyvalue::store::open("default")?;
+    keyvalue::wasi::keyvalue::atomics::increment(&bucket, key, 1)
 }
