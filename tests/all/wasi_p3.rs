@@ -1,6 +1,7 @@
 //! WASI 0.3 components beside WASI 0.2 ones, through the same request
-//! path: the p3 twins of `hello` and `stream`, and a component built with
-//! Spin's SDK 7.
+//! path: the p3 twins of `hello` and `stream`, `probe-p3` (outbound,
+//! key-value, memory, CPU and output from the 0.3 side), and a component
+//! built with Spin's SDK 7.
 
 use crate::harness::*;
 use crate::upstream::Upstream;
@@ -23,8 +24,8 @@ component = "hello-p3"
 timeout_secs = 1
 
 [[route]]
-path = "/spin-p3"
-component = "hello-p3"
+path = "/probe-p3"
+component = "probe-p3"
 timeout_secs = 60
 
 [[route]]
@@ -44,11 +45,14 @@ source = "{components}/hello.wasm"
 
 [component.hello-p3]
 source = "{components}/hello_p3.wasm"
+
+[component.probe-p3]
+source = "{components}/probe_p3.wasm"
 allowed_outbound_hosts = ["http://127.0.0.1:*", "http://self"]
 key_value_stores = ["default"]
 
 [component.small-p3]
-source = "{components}/hello_p3.wasm"
+source = "{components}/probe_p3.wasm"
 max_memory_mb = 16
 
 [component.stream-p3]
@@ -88,7 +92,7 @@ async fn p3_outbound_calls_go_through_the_pooled_allow_listed_client() {
     let (server, _dir) = TestServer::start(&app("")).await;
     let upstream = Upstream::start().await;
     let client = http1_client();
-    let fetch = |url: String| server.url(&format!("/hello-p3?fetch={url}"));
+    let fetch = |url: String| server.url(&format!("/probe-p3?fetch={url}"));
 
     for _ in 0..3 {
         let reply = get(&client, &fetch(upstream.url("/ok"))).await;
@@ -114,7 +118,7 @@ async fn a_spinning_p3_guest_delays_its_neighbours_by_about_one_tick() {
     // One runtime thread, and on it a 0.3 guest that never stops computing.
     let (server, _dir) = TestServer::start(&app("threads = 1")).await;
     let spinner = {
-        let (client, url) = (http1_client(), server.url("/spin-p3?spin=1"));
+        let (client, url) = (http1_client(), server.url("/probe-p3?spin=1"));
         tokio::spawn(async move { get(&client, &url).await })
     };
     eventually("the spinner runs", 5 * SECOND, || live(&server) == 1).await;
@@ -147,7 +151,7 @@ async fn a_p3_guest_is_held_to_its_memory_limit_below_the_servers_ceiling() {
     // instance itself.
     let small = get(&client, &server.url("/small-p3?grow=1")).await;
     assert_eq!((small.status, small.body), (200, format!("memory_bytes {}\n", 16 << 20)));
-    let roomy = get(&client, &server.url("/hello-p3?grow=1")).await;
+    let roomy = get(&client, &server.url("/probe-p3?grow=1")).await;
     assert_eq!((roomy.status, roomy.body), (200, format!("memory_bytes {}\n", 64 << 20)));
     assert_eq!(get(&client, &server.url("/small-p3")).await.body, "Hello, world!\n");
     eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
@@ -163,12 +167,12 @@ async fn p3_guests_share_key_value_state_on_each_embedded_store() {
         .await;
         let client = http2_client();
         for expected in 1..=3 {
-            let reply = get(&client, &server.url("/hello-p3?incr=hits")).await;
+            let reply = get(&client, &server.url("/probe-p3?incr=hits")).await;
             assert_eq!((reply.status, reply.body), (200, format!("count {expected}\n")), "{store}");
         }
         // 40 instances at once, each its own increment: none lost or repeated.
         let replies = futures::future::join_all((0..40).map(|_| {
-            let (client, url) = (client.clone(), server.url("/hello-p3?incr=hits"));
+            let (client, url) = (client.clone(), server.url("/probe-p3?incr=hits"));
             async move { get(&client, &url).await }
         }))
         .await;
@@ -190,7 +194,7 @@ async fn p3_guests_share_key_value_state_on_each_embedded_store() {
 async fn p3_guest_output_is_prefixed_and_escaped_like_p2s() {
     let dir = tempfile::tempdir().unwrap();
     let mut wharf = WharfProcess::start(dir.path(), &app(""));
-    let reply = get(&http1_client(), &format!("http://{}/hello-p3?print=1", wharf.addr)).await;
+    let reply = get(&http1_client(), &format!("http://{}/probe-p3?print=1", wharf.addr)).await;
     assert_eq!(reply.status, 200);
     let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
     wharf.signal("TERM");
@@ -201,7 +205,7 @@ async fn p3_guest_output_is_prefixed_and_escaped_like_p2s() {
     for line in &guest {
         assert_eq!(
             (line["component"].as_str(), line["request_id"].as_str()),
-            (Some("hello-p3"), Some(request_id.as_str()))
+            (Some("probe-p3"), Some(request_id.as_str()))
         );
     }
     assert!(
