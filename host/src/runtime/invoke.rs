@@ -241,21 +241,7 @@ where
     match headers {
         Ok(response) => {
             shared.phase.store(STREAMING, Ordering::Release);
-            let declared = response
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            Ok(response.map(|body| GuestBody {
-                inner: body,
-                remaining: declared,
-                shared: Some(shared),
-                _held: None,
-                guard: Some(guard),
-                idle_timeout: deadlines.idle,
-                deadline: started + deadlines.total,
-                idle: None,
-                overall: None,
-            }))
+            Ok(GuestBody::wrap(response, deadlines, started, Some(shared), Some(guard), None))
         }
         Err(code) => {
             guard.disarm();
@@ -478,21 +464,7 @@ where
         http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, Into::into))
     });
     let response = reuse.handle(request).await?;
-    let declared = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    Ok(response.map(|body| GuestBody {
-        inner: body,
-        remaining: declared,
-        shared: None,
-        _held: Some(Box::new(slots)),
-        guard: None,
-        idle_timeout: deadlines.idle,
-        deadline: started + deadlines.total,
-        idle: None,
-        overall: None,
-    }))
+    Ok(GuestBody::wrap(response, deadlines, started, None, None, Some(Box::new(slots))))
 }
 
 /// A response body whose guest trapped before finishing it.
@@ -521,6 +493,34 @@ pub struct GuestBody {
 }
 
 impl GuestBody {
+    /// `response` with its body under `deadlines`, counted from `started`;
+    /// `shared` and `guard` for a body with an instance of its own, `held`
+    /// for the slots of a reused instance's request.
+    fn wrap(
+        response: GuestResponse,
+        deadlines: Deadlines,
+        started: Instant,
+        shared: Option<Arc<InstanceShared>>,
+        guard: Option<GuestTask>,
+        held: Option<Box<dyn Send>>,
+    ) -> http::Response<GuestBody> {
+        let remaining = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        response.map(|inner| GuestBody {
+            inner,
+            remaining,
+            shared,
+            _held: held,
+            guard,
+            idle_timeout: deadlines.idle,
+            deadline: started + deadlines.total,
+            idle: None,
+            overall: None,
+        })
+    }
+
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
         let idle_timeout = self.idle_timeout;
         let idle = self.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));

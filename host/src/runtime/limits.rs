@@ -24,31 +24,52 @@ pub const CORE_INSTANCES_PER_INSTANCE: u32 = 20;
 
 /// The limiter of one instance's store.
 pub struct InstanceLimiter {
-    max_memory: usize,
-    memory_used: usize,
-    max_table_elements: usize,
-    table_elements_used: usize,
-    /// The growth last allowed, taken back if it then failed.
-    pending_memory: usize,
-    pending_table: usize,
+    memory: Ceiling,
+    table_elements: Ceiling,
+}
+
+/// One summed ceiling: what is used of it, and the growth last allowed,
+/// taken back if the engine then fails it.
+struct Ceiling {
+    max: usize,
+    used: usize,
+    pending: usize,
+}
+
+impl Ceiling {
+    fn new(max: usize) -> Self {
+        Self { max, used: 0, pending: 0 }
+    }
+
+    /// Allows growing one memory or table from `current` to `desired` if
+    /// the sum stays under the ceiling.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let growth = desired.saturating_sub(current);
+        if self.used.saturating_add(growth) > self.max {
+            return false;
+        }
+        self.used += growth;
+        self.pending = growth;
+        true
+    }
+
+    fn take_back(&mut self) {
+        self.used -= std::mem::take(&mut self.pending);
+    }
 }
 
 impl InstanceLimiter {
     /// A limiter for `limits`.
     pub fn new(limits: &InstanceLimits) -> Self {
         Self {
-            max_memory: usize::try_from(limits.max_memory).unwrap_or(usize::MAX),
-            memory_used: 0,
-            max_table_elements: limits.max_table_elements,
-            table_elements_used: 0,
-            pending_memory: 0,
-            pending_table: 0,
+            memory: Ceiling::new(usize::try_from(limits.max_memory).unwrap_or(usize::MAX)),
+            table_elements: Ceiling::new(limits.max_table_elements),
         }
     }
 
     /// Bytes of linear memory the instance holds now, all memories summed.
     pub fn memory_used(&self) -> usize {
-        self.memory_used
+        self.memory.used
     }
 }
 
@@ -59,17 +80,11 @@ impl ResourceLimiter for InstanceLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let growth = desired.saturating_sub(current);
-        if self.memory_used.saturating_add(growth) > self.max_memory {
-            return Ok(false);
-        }
-        self.memory_used += growth;
-        self.pending_memory = growth;
-        Ok(true)
+        Ok(self.memory.grow(current, desired))
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.memory_used -= std::mem::take(&mut self.pending_memory);
+        self.memory.take_back();
         Ok(())
     }
 
@@ -79,17 +94,11 @@ impl ResourceLimiter for InstanceLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let growth = desired.saturating_sub(current);
-        if self.table_elements_used.saturating_add(growth) > self.max_table_elements {
-            return Ok(false);
-        }
-        self.table_elements_used += growth;
-        self.pending_table = growth;
-        Ok(true)
+        Ok(self.table_elements.grow(current, desired))
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.table_elements_used -= std::mem::take(&mut self.pending_table);
+        self.table_elements.take_back();
         Ok(())
     }
 

@@ -57,13 +57,20 @@ pub struct Origin {
 pub struct OutboundBudget {
     sent: u32,
     max: u32,
-    in_flight: Arc<Semaphore>,
+    concurrent: u32,
+    /// Made at the first request: most instances never send one.
+    in_flight: Option<Arc<Semaphore>>,
 }
 
 impl OutboundBudget {
     /// `max` requests in all, `concurrent` at once.
     pub fn new(max: u32, concurrent: u32) -> Self {
-        Self { sent: 0, max, in_flight: Arc::new(Semaphore::new(concurrent as usize)) }
+        Self { sent: 0, max, concurrent, in_flight: None }
+    }
+
+    fn in_flight(&mut self) -> Arc<Semaphore> {
+        let concurrent = self.concurrent as usize;
+        self.in_flight.get_or_insert_with(|| Arc::new(Semaphore::new(concurrent))).clone()
     }
 }
 
@@ -114,7 +121,7 @@ impl WasiHttpHooks for OutboundHooks {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         self.budget.sent += 1;
-        let in_flight = self.budget.in_flight.clone();
+        let in_flight = self.budget.in_flight();
         let no_body_result = || Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
         let origin = self.origin;
         Box::new(async move {
