@@ -394,6 +394,39 @@ impl Drop for WharfProcess {
     }
 }
 
+/// Serves `path` once from a `wharf` process on `manifest`, stops it, and
+/// checks that the guest's output (a forged host log line and a second line,
+/// on stdout and on stderr) came out as four `guest output` lines carrying
+/// `component` and the request's id, with no forged line standing alone.
+/// Returns those four lines.
+pub async fn guest_output_of_one_request(
+    manifest: &str,
+    path: &str,
+    component: &str,
+) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wharf = WharfProcess::start(dir.path(), manifest);
+    let reply = get(&http1_client(), &format!("http://{}{path}", wharf.addr)).await;
+    assert_eq!(reply.status, 200);
+    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    wharf.signal("TERM");
+    assert!(wharf.wait().await.success());
+    let lines: Vec<serde_json::Value> = wharf.logs.iter().collect();
+    let guest: Vec<_> = lines.iter().filter(|l| l["message"] == "guest output").cloned().collect();
+    assert_eq!(guest.len(), 4, "two lines each on stdout and stderr: {guest:?}");
+    for line in &guest {
+        assert_eq!(
+            (line["component"].as_str(), line["request_id"].as_str()),
+            (Some(component), Some(request_id.as_str()))
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("forged"))),
+        "a forged line stands alone"
+    );
+    guest
+}
+
 pub fn wait_for_log(logs: &std::sync::mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
     loop {
         let line = logs

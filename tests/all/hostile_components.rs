@@ -185,24 +185,35 @@ source = "{components}/hello.wasm"
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_instance_may_send_only_its_outbound_budget() {
-    let manifest = r#"
+/// The aggregate component alone, taking its URLs from the query and
+/// allowed to call 127.0.0.1 on any port; `outbound` fills the `[outbound]`
+/// table and `component` adds to the component's.
+fn aggregate_app(outbound: &str, component: &str) -> String {
+    format!(
+        r#"
 [server]
 key_value = "memory"
+
+[outbound]
+{outbound}
 
 [[route]]
 path = "/aggregate"
 component = "aggregate"
 
 [component.aggregate]
-source = "{components}/aggregate.wasm"
-config = { allow_query_urls = "true" }
+source = "{{components}}/aggregate.wasm"
+config = {{ allow_query_urls = "true" }}
 allowed_outbound_hosts = ["http://127.0.0.1:*"]
-max_outbound_requests = 3
-max_concurrent_outbound_requests = 2
-"#;
-    let (server, _dir) = TestServer::start(manifest).await;
+{component}
+"#
+    )
+}
+
+#[tokio::test]
+async fn an_instance_may_send_only_its_outbound_budget() {
+    let manifest = aggregate_app("", "max_outbound_requests = 3\nmax_concurrent_outbound_requests = 2");
+    let (server, _dir) = TestServer::start(&manifest).await;
     let upstream = Upstream::start().await;
     let client = http1_client();
     let path = |urls: &[String], extra: &str| {
@@ -236,24 +247,8 @@ max_concurrent_outbound_requests = 2
 
 #[tokio::test]
 async fn a_failing_upstream_trips_its_breaker_and_a_good_probe_closes_it() {
-    let manifest = r#"
-[server]
-key_value = "memory"
-
-[outbound]
-breaker_failures = 5
-breaker_open_secs = 1
-
-[[route]]
-path = "/aggregate"
-component = "aggregate"
-
-[component.aggregate]
-source = "{components}/aggregate.wasm"
-config = { allow_query_urls = "true" }
-allowed_outbound_hosts = ["http://127.0.0.1:*"]
-"#;
-    let (server, _dir) = TestServer::start(manifest).await;
+    let manifest = aggregate_app("breaker_failures = 5\nbreaker_open_secs = 1", "");
+    let (server, _dir) = TestServer::start(&manifest).await;
     let upstream = Upstream::start().await;
     let client = http1_client();
     let target = upstream.url("/switchable").replace(':', "%3A").replace('/', "%2F");
@@ -478,49 +473,18 @@ async fn oversized_keys_and_values_and_full_stores_are_refused() {
 
 #[tokio::test]
 async fn a_guest_printing_a_fake_log_line_shows_up_prefixed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut wharf = WharfProcess::start(dir.path(), &fault_app(""));
     let forged = "2026-11-27T00:00:00.000000Z%20%20INFO%20wharf::access:%20forged%0Asecond%20line";
-    let reply = get(&http1_client(), &format!("http://{}/fault?mode=print&text={forged}", wharf.addr)).await;
-    assert_eq!(reply.status, 200);
-    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
-    wharf.signal("TERM");
-    assert!(wharf.wait().await.success());
-    let lines: Vec<serde_json::Value> = wharf.logs.iter().collect();
-    let guest: Vec<_> = lines.iter().filter(|l| l["message"] == "guest output").collect();
-    assert_eq!(guest.len(), 4, "two lines each on stdout and stderr: {guest:?}");
-    for line in &guest {
-        assert_eq!(
-            (line["component"].as_str(), line["request_id"].as_str()),
-            (Some("fault"), Some(request_id.as_str()))
-        );
-    }
+    let path = format!("/fault?mode=print&text={forged}");
+    let guest = guest_output_of_one_request(&fault_app(""), &path, "fault").await;
     assert!(
         guest.iter().any(|l| l["line"].as_str().unwrap().ends_with("wharf::access: forged")),
         "{guest:?}"
-    );
-    assert!(
-        !lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("forged"))),
-        "a forged line stands alone"
     );
 }
 
 #[tokio::test]
 async fn denied_hosts_never_become_metric_labels() {
-    let manifest = r#"
-[server]
-key_value = "memory"
-
-[[route]]
-path = "/aggregate"
-component = "aggregate"
-
-[component.aggregate]
-source = "{components}/aggregate.wasm"
-config = { allow_query_urls = "true" }
-allowed_outbound_hosts = ["http://127.0.0.1:*"]
-"#;
-    let (server, _dir) = TestServer::start(manifest).await;
+    let (server, _dir) = TestServer::start(&aggregate_app("", "")).await;
     let client = http1_client();
     for batch in 0..10 {
         let query: Vec<String> =

@@ -192,26 +192,7 @@ async fn p3_guests_share_key_value_state_on_each_embedded_store() {
 
 #[tokio::test]
 async fn p3_guest_output_is_prefixed_and_escaped_like_p2s() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut wharf = WharfProcess::start(dir.path(), &app(""));
-    let reply = get(&http1_client(), &format!("http://{}/probe-p3?print=1", wharf.addr)).await;
-    assert_eq!(reply.status, 200);
-    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
-    wharf.signal("TERM");
-    assert!(wharf.wait().await.success());
-    let lines: Vec<serde_json::Value> = wharf.logs.iter().collect();
-    let guest: Vec<_> = lines.iter().filter(|l| l["message"] == "guest output").collect();
-    assert_eq!(guest.len(), 4, "two lines each on stdout and stderr: {guest:?}");
-    for line in &guest {
-        assert_eq!(
-            (line["component"].as_str(), line["request_id"].as_str()),
-            (Some("probe-p3"), Some(request_id.as_str()))
-        );
-    }
-    assert!(
-        !lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("forged"))),
-        "a forged line stands alone"
-    );
+    guest_output_of_one_request(&app(""), "/probe-p3?print=1", "probe-p3").await;
 }
 
 #[tokio::test]
