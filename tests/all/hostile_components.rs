@@ -4,6 +4,7 @@
 //! failing upstreams.
 
 use crate::harness::*;
+use crate::outbound::aggregate_app;
 use crate::upstream::Upstream;
 use std::time::{Duration, Instant};
 
@@ -183,31 +184,6 @@ source = "{components}/hello.wasm"
     assert_eq!(results.len(), 40);
     assert!(results.iter().all(|r| r["status"] == 200), "all 40 done, 16 at a time");
     server.stop().await;
-}
-
-/// The aggregate component alone, taking its URLs from the query and
-/// allowed to call 127.0.0.1 on any port; `outbound` fills the `[outbound]`
-/// table and `component` adds to the component's.
-fn aggregate_app(outbound: &str, component: &str) -> String {
-    format!(
-        r#"
-[server]
-key_value = "memory"
-
-[outbound]
-{outbound}
-
-[[route]]
-path = "/aggregate"
-component = "aggregate"
-
-[component.aggregate]
-source = "{{components}}/aggregate.wasm"
-config = {{ allow_query_urls = "true" }}
-allowed_outbound_hosts = ["http://127.0.0.1:*"]
-{component}
-"#
-    )
 }
 
 #[tokio::test]

@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 const SECOND: Duration = Duration::from_secs(1);
 
 fn app(outbound: &str) -> String {
+    aggregate_app(outbound, "")
+}
+
+/// `aggregate` (taking its URLs from the query, allowed to call 127.0.0.1,
+/// https://localhost and `self`) and `hello`; `outbound` fills the
+/// `[outbound]` table and `component` adds to aggregate's.
+pub fn aggregate_app(outbound: &str, component: &str) -> String {
     format!(
         r#"
 [server]
@@ -31,6 +38,7 @@ source = "{{components}}/hello.wasm"
 source = "{{components}}/aggregate.wasm"
 config = {{ allow_query_urls = "true" }}
 allowed_outbound_hosts = ["http://127.0.0.1:*", "https://localhost:*", "http://self"]
+{component}
 "#
     )
 }
