@@ -37,4 +37,9 @@ pub mod shared;
 pub mod telemetry;
 
 pub use app::{App, LoadOptions};
+
+// The unit tests count host memory the way the server does.
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: runtime::host_memory::CountingAllocator = runtime::host_memory::CountingAllocator;
 pub use http::{Listeners, run};

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use wharf::manifest::{KeyValueBackendKind, Manifest};
 
+/// mimalloc, counting the host memory each instance makes the host hold.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: wharf::runtime::host_memory::CountingAllocator =
+    wharf::runtime::host_memory::CountingAllocator;
 
 #[derive(Parser)]
 #[command(name = "wharf", version, about = "Serve WebAssembly HTTP components, a fresh instance per request")]

@@ -367,6 +367,11 @@ impl WharfProcess {
         Self { child: Some(child), logs, addr, admin }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
         assert!(

@@ -326,7 +326,7 @@ async fn a_client_that_stops_reading_loses_its_instance_at_the_max_duration() {
     let took = started.elapsed();
     assert!(took >= 4 * SECOND, "ended before its max duration: {took:?}");
     assert!(took < 5 * SECOND + SECOND, "instance lived {took:?} against a 4 s maximum");
-    assert_eq!(server.app.telemetry.metrics.instances_killed("streaming"), 1);
+    assert_eq!(server.app.telemetry.metrics.instances_killed("max_duration", "streaming"), 1);
     server.stop().await;
 }
 

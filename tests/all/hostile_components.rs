@@ -60,7 +60,10 @@ async fn guests_working_after_their_response_are_killed_at_their_lifetime_bound(
     let took = started.elapsed();
     assert!(took < 3 * SECOND, "hello served again after {took:?}; the bound is 2 s (+ 1 s)");
     let metrics = &server.app.telemetry.metrics;
-    eventually("all four killed", 5 * SECOND, || metrics.instances_killed("after_response") == 4).await;
+    eventually("all four killed", 5 * SECOND, || {
+        metrics.instances_killed("max_duration", "after_response") == 4
+    })
+    .await;
     eventually("instances gone", 5 * SECOND, || live(&server) == 0).await;
     server.stop().await;
 }
@@ -74,7 +77,7 @@ async fn a_guest_that_drops_its_outparam_gets_500_and_is_killed_at_its_bound() {
         assert_eq!(reply.status, 500, "{mode}");
     }
     eventually("both instances killed", 10 * SECOND, || live(&server) == 0 && in_flight(&server) == 0).await;
-    assert_eq!(server.app.telemetry.metrics.instances_killed("after_response"), 2);
+    assert_eq!(server.app.telemetry.metrics.instances_killed("max_duration", "after_response"), 2);
     server.stop().await;
 }
 
@@ -116,6 +119,30 @@ async fn self_calls_stop_at_the_hop_limit_with_508() {
     assert_eq!(beyond.json()["requests"], 4, "the chain stopped at hop 4");
     let metrics = get(&client, &server.admin_url("/metrics")).await.body;
     assert!(metrics.contains(r#"wharf_rejections_total{reason="loop_detected"} 1"#), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tree_of_self_calls_shares_one_outbound_budget() {
+    let manifest = fault_app("max_self_hops = 5").replace(
+        r#"allowed_outbound_hosts = ["http://self"]"#,
+        "allowed_outbound_hosts = [\"http://self\"]\nmax_outbound_requests = 12",
+    );
+    let (server, _dir) = TestServer::start(&manifest).await;
+    let client = http1_client();
+    let metrics = &server.app.telemetry.metrics;
+    // Three calls a level, two levels: 3 + 9 = 12 calls, the whole budget.
+    let within = get(&client, &server.url("/fault?mode=selfcall&depth=2&fanout=3")).await;
+    assert_eq!((within.status, within.json()["requests"].as_u64()), (200, Some(13)), "{}", within.body);
+    assert_eq!(metrics.outbound.over_budget_total(), 0);
+    // Six a level, three levels: 258 calls unbounded; the tree gets 12.
+    let before = metrics.requests_total();
+    let tree = get(&client, &server.url("/fault?mode=selfcall&depth=3&fanout=6")).await;
+    assert_eq!(tree.status, 502, "some calls were refused: {}", tree.body);
+    assert_eq!(tree.json()["requests"].as_u64(), Some(13), "the root and the 12 calls of its tree");
+    eventually("every request of the tree logged", 5 * SECOND, || metrics.requests_total() - before == 13)
+        .await;
+    assert!(metrics.outbound.over_budget_total() > 0, "the refusals were counted");
     server.stop().await;
 }
 

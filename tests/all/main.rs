@@ -1,9 +1,15 @@
 //! Wharf's integration tests: one binary, a module per capability, all of
 //! them driving the real host over real sockets with real components.
 
+/// The server's allocator: host memory is counted per instance here too.
+#[global_allocator]
+static GLOBAL: wharf::runtime::host_memory::CountingAllocator =
+    wharf::runtime::host_memory::CountingAllocator;
+
 mod admission;
 mod foundation;
 mod harness;
+mod host_memory;
 mod hostile_clients;
 mod hostile_components;
 mod keyvalue;
@@ -11,6 +17,7 @@ mod lifecycle;
 mod manifest_ui;
 mod outbound;
 mod redis;
+mod request_bodies;
 mod streaming;
 mod tls;
 mod upstream;

@@ -16,6 +16,9 @@
 //!   failed counts as 502);
 //! - `print`: writes `text` (default `hello`) to stdout and stderr, then
 //!   answers 200 `fine`;
+//! - `fields`: makes `count` (default 1000) `fields` resources, each with
+//!   one header of `size` bytes (default 100000), keeps them all, then
+//!   answers 200 `{"fields": N}`: host memory the guest makes the host hold;
 //! - `ok`: answers 200 `fine`.
 
 use wharf_guest::bindings::exports::wasi::http::incoming_handler::Guest;
@@ -52,6 +55,7 @@ impl Guest for Fault {
                 spin()
             }
             "selfcall" => selfcall(out, number("depth", 3), number("fanout", 1)),
+            "fields" => hold_fields(out, number("count", 1000), number("size", 100_000)),
             "print" => {
                 let text = wharf_guest::query_param(&request, "text").unwrap_or_else(|| "hello".into());
                 let text = percent_decode(&text);
@@ -106,6 +110,21 @@ fn slow(out: ResponseOutparam, chunks: u64, ms: u64) {
     }
     drop(stream);
     let _ = OutgoingBody::finish(body, None);
+}
+
+fn hold_fields(out: ResponseOutparam, count: u64, size: u64) {
+    let value = vec![b'a'; size as usize];
+    let mut kept = Vec::new();
+    for i in 0..count {
+        let fields = Fields::new();
+        if size > 0 {
+            fields.append("x-big", &value).expect("append");
+        }
+        kept.push(fields);
+        std::hint::black_box(i);
+    }
+    let body = format!("{{\"fields\":{}}}", kept.len());
+    wharf_guest::respond(out, 200, "application/json", body.as_bytes());
 }
 
 fn selfcall(out: ResponseOutparam, depth: u64, fanout: u64) {

@@ -135,7 +135,7 @@ impl App {
             .context("server.admin_auth")?;
         let app = Arc::new(Self {
             admin_auth,
-            admission: Admission::new(&settings, shared_buckets),
+            admission: Admission::new(&settings, shared_buckets, &telemetry.metrics),
             redis,
             routes: Registry::new(table),
             runtime,

@@ -1,9 +1,10 @@
 //! HTTP: everything that faces clients. Listening sockets and TLS
 //! ([`listener`], [`tls`]), the per-core runtimes that accept connections
 //! and drain them on shutdown ([`server`]), each connection's deadlines
-//! ([`connection`]), path normalisation ([`path`]), the request path around
-//! a component ([`service`]), the host's own responses ([`response`]) and
-//! the admin listener ([`admin`]).
+//! ([`connection`]), path normalisation ([`path`]), request bodies read
+//! ahead of admission under a pace ([`request_body`]), the request path
+//! around a component ([`service`]), the host's own responses
+//! ([`response`]) and the admin listener ([`admin`]).
 //!
 //! It serves an [`App`](crate::App): it uses the route table, admission
 //! policy, runtime and telemetry the app is made of.
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod connection;
 pub mod listener;
 pub mod path;
+pub mod request_body;
 pub mod response;
 pub mod server;
 pub mod service;

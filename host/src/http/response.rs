@@ -63,8 +63,14 @@ pub fn rejection(rejection: &Rejection) -> http::Response<ResponseBody> {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
-        Rejection::BodyTooLarge { .. } => {
-            let mut response = plain(status, "Payload Too Large");
+        // The rest of the body is not read: the connection cannot go on.
+        Rejection::BodyTooLarge { .. } | Rejection::BodyTimeout => {
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "Payload Too Large"
+            } else {
+                "Request Timeout: the request body came too slowly"
+            };
+            let mut response = plain(status, message);
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }

@@ -2,14 +2,16 @@
 //! request id, client identity, the request record (log line and metrics),
 //! path normalisation, the self-request hop limit, the global token bucket,
 //! the per-client bucket, routing, the route's bucket, auth, the
-//! request-size check, the client's and the server's concurrency limits,
-//! the route's worker pool, and finally the component. Each rejection is
+//! request-size check, reading the body ahead (`request_body`), the
+//! client's and the server's concurrency limits, the route's worker pool,
+//! and finally the component. Each rejection is
 //! answered here with its status code, so hyper never sees an error (it
 //! would close the connection). Requests to `http://self` enter here too,
 //! in process ([`InProcess`]).
 
 use super::connection::{ConnectionState, TrackedBody};
 use super::path;
+use super::request_body::{BodyFault, BodyFaults, BodyPace, ClientBody};
 use super::response::{self, ResponseBody};
 use crate::App;
 use crate::capabilities::outbound::{Origin, SelfDispatch};
@@ -19,12 +21,9 @@ use crate::telemetry::record::RequestRecord;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderValue, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Header carrying the request id.
@@ -70,20 +69,17 @@ where
     let identity = &app.admission.identity;
     let from_trusted_proxy = caller.origin.is_none() && identity.is_trusted_proxy(caller.peer);
     let request_id = request_id(&mut request, from_trusted_proxy);
-    let (client, hops) = match caller.origin {
-        Some(origin) => (origin.client, origin.hops + 1),
-        None => (identity.client_addr(request.headers(), caller.peer), 0),
+    let origin = match caller.origin {
+        Some(origin) => Origin { hops: origin.hops + 1, ..origin },
+        None => Origin::client(identity.client_addr(request.headers(), caller.peer)),
     };
+    let client = origin.client;
     let http1 = request.version() <= http::Version::HTTP_11;
     let mut record = RequestRecord::new(app.telemetry.clone(), &request, client, request_id.clone());
     if let Some(connection) = &caller.connection {
         record.watch_connection(connection.ended_by().clone());
     }
-    let context = RequestContext {
-        https: caller.https,
-        origin: Origin { client, hops },
-        request_id: request_id.as_str().into(),
-    };
+    let context = RequestContext { https: caller.https, origin, request_id: request_id.as_str().into() };
     let mut deadline = HOST_RESPONSE_DEADLINE;
     let started = tokio::time::Instant::now();
     let response = match serve(&app, request, &mut record, context, &mut deadline).await {
@@ -167,6 +163,23 @@ where
     if declared.is_some_and(|length| length > limit) {
         return Served::Rejected(Rejection::BodyTooLarge { limit });
     }
+    // A client's body is read before the request takes a slot, a worker or
+    // an instance, so a slow one costs only its connection. (An
+    // `http://self` request's body comes from a guest already admitted.)
+    let faults = Arc::new(BodyFaults::default());
+    let settings = &app.settings.request_body;
+    let pace = BodyPace { timeout: settings.timeout, min_rate: settings.min_rate };
+    let (parts, body) = request.into_parts();
+    let mut body = ClientBody::new(body, limit, pace, app.admission.body_buffers.clone(), faults.clone());
+    let read_ahead = route.spec.request_body_buffer_bytes;
+    if context.origin.hops == 0
+        && body.is_streaming()
+        && declared.is_none_or(|length| length <= read_ahead)
+        && let Err(fault) = body.read_ahead(read_ahead).await
+    {
+        return Served::Rejected(body_rejection(fault, limit));
+    }
+    let request = http::Request::from_parts(parts, body);
     let slots = match app.admission.try_admit(record.client) {
         Ok(slots) => slots,
         Err(rejection) => return Served::Rejected(rejection),
@@ -179,13 +192,6 @@ where
         },
     };
 
-    let too_large = Arc::new(AtomicBool::new(false));
-    let request = request.map(|body| SizeLimitedBody {
-        inner: body,
-        remaining: limit,
-        limit,
-        too_large: too_large.clone(),
-    });
     let deadlines = route.deadlines();
     let outcome = match &route.reuse {
         None => {
@@ -193,10 +199,11 @@ where
         }
         Some(reuse) => invoke::invoke_reused(reuse, deadlines, request, (slots, worker)).await,
     };
-    // A body found too large while streaming in wins over whatever the guest
-    // made of its truncated input, as long as no headers have gone out.
-    if too_large.load(Ordering::Acquire) {
-        return Served::Rejected(Rejection::BodyTooLarge { limit });
+    // A body cut off while streaming in (too large, too slow) wins over
+    // whatever the guest made of its truncated input, as long as no headers
+    // have gone out.
+    if let Some(fault) = faults.get().filter(|f| *f != BodyFault::Broken) {
+        return Served::Rejected(body_rejection(fault, limit));
     }
     match outcome {
         Ok(response) => response.map(response::boxed).into(),
@@ -207,6 +214,15 @@ where
             record.set_reason(error.to_string());
             response::for_status(error.status()).into()
         }
+    }
+}
+
+/// The rejection for a body that did not arrive whole.
+fn body_rejection(fault: BodyFault, limit: u64) -> Rejection {
+    match fault {
+        BodyFault::TooLarge => Rejection::BodyTooLarge { limit },
+        BodyFault::TooSlow => Rejection::BodyTimeout,
+        BodyFault::Broken => Rejection::BadRequest("the request body could not be read"),
     }
 }
 
@@ -274,55 +290,5 @@ impl SelfDispatch for InProcess {
                 body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))).boxed_unsync()
             }))
         })
-    }
-}
-
-/// The request body, cut off with an error once it passes the route's
-/// limit (counted as it streams in, never buffered); the flag tells the
-/// service to answer 413.
-pub struct SizeLimitedBody<B> {
-    inner: B,
-    remaining: u64,
-    limit: u64,
-    too_large: Arc<AtomicBool>,
-}
-
-impl<B> Body for SizeLimitedBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<wasmtime_wasi_http::Error>,
-{
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let size = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if size > self.remaining {
-                    self.too_large.store(true, Ordering::Release);
-                    let limit = self.limit;
-                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(Some(
-                        limit,
-                    )))));
-                }
-                self.remaining -= size;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -67,6 +67,8 @@ pub struct ServerSettings {
     /// Largest request body, in bytes, unless a route says otherwise; larger
     /// gets 413. Default 10 MiB.
     pub max_request_body_bytes: u64,
+    /// How request bodies are read from clients before admission.
+    pub request_body: RequestBodySettings,
     /// Inbound TLS (HTTPS, with HTTP/2 through ALPN), if configured.
     pub tls: Option<TlsFiles>,
     /// The global token bucket, if any.
@@ -131,6 +133,25 @@ pub struct ConnectionSettings {
     /// Largest request head (request line and headers), in bytes; larger
     /// gets 431. Default 32 KiB.
     pub max_header_bytes: usize,
+}
+
+/// How request bodies are taken from clients (all in `[server]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBodySettings {
+    /// A body up to this size is read in full before its request takes an
+    /// admission slot, a worker or an instance; a larger one streams to the
+    /// guest after this much (routes may override; 0: every body streams).
+    /// Default 1 MiB.
+    pub buffer_bytes: u64,
+    /// Bytes of read-ahead bodies held in memory across the server; past
+    /// it they go to unlinked files in `data_dir/tmp`. Default 64 MiB.
+    pub max_memory_bytes: u64,
+    /// Longest wait for the next bytes of a body, and the allowance before
+    /// `min_rate` applies; past it, 408. Default 20 s.
+    pub timeout: Duration,
+    /// Bytes a second a body must average past `timeout` (0: no minimum).
+    /// Default 1024.
+    pub min_rate: u64,
 }
 
 /// Client identity and per-client shares (all in `[server]`).
@@ -248,6 +269,9 @@ pub struct RouteSpec {
     pub max_duration: Duration,
     /// Largest request body, in bytes. Default: the server's.
     pub max_request_body_bytes: u64,
+    /// Bodies up to this size are read before admission. Default: the
+    /// server's `request_body_buffer_bytes`.
+    pub request_body_buffer_bytes: u64,
     /// A token bucket for this route alone, if any.
     pub rate_limit: Option<RateLimitSpec>,
     /// A worker pool: at most `workers` instances of this route at once.
@@ -377,6 +401,12 @@ pub struct InstanceLimits {
     /// Outgoing HTTP requests one instance may have in flight at once (more
     /// wait their turn). Default 16.
     pub max_concurrent_outbound_requests: u32,
+    /// Host memory one instance may make the host hold (headers, buffered
+    /// bodies, resources...), in bytes. Default: `max_memory`.
+    pub max_host_memory: u64,
+    /// Resources (fields, bodies, pollables, streams...) one instance may
+    /// hold at once. Default 10,000.
+    pub max_resources: usize,
 }
 
 /// A component's `build` table.
@@ -423,6 +453,10 @@ struct RawServer {
     http2_max_concurrent_streams: Option<u32>,
     max_header_bytes: Option<usize>,
     max_request_body_bytes: Option<u64>,
+    request_body_buffer_bytes: Option<u64>,
+    max_request_body_memory_bytes: Option<u64>,
+    request_body_timeout_secs: Option<f64>,
+    request_body_min_rate: Option<u64>,
     tls: Option<RawTls>,
     rate_limit: Option<RawRateLimit>,
     client_rate_limit: Option<RawRateLimit>,
@@ -486,6 +520,7 @@ struct RawRoute {
     idle_timeout_secs: Option<f64>,
     max_duration_secs: Option<f64>,
     max_request_body_bytes: Option<u64>,
+    request_body_buffer_bytes: Option<u64>,
     rate_limit: Option<RawRateLimit>,
     workers: Option<usize>,
     queue: Option<usize>,
@@ -517,6 +552,8 @@ struct RawComponent {
     allowed_outbound_hosts: Vec<String>,
     max_outbound_requests: Option<u32>,
     max_concurrent_outbound_requests: Option<u32>,
+    max_host_memory_mb: Option<u64>,
+    max_resources: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -532,6 +569,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
+const DEFAULT_MAX_RESOURCES: usize = 10_000;
 
 impl Manifest {
     /// Whether some route reuses instances.
@@ -633,6 +671,9 @@ impl Manifest {
                 idle_timeout,
                 max_duration,
                 max_request_body_bytes: raw.max_request_body_bytes.unwrap_or(server.max_request_body_bytes),
+                request_body_buffer_bytes: raw
+                    .request_body_buffer_bytes
+                    .unwrap_or(server.request_body.buffer_bytes),
                 rate_limit,
                 workers,
                 auth,
@@ -718,6 +759,12 @@ impl ServerSettings {
             connections,
             clients,
             max_request_body_bytes: raw.max_request_body_bytes.unwrap_or(10 << 20),
+            request_body: RequestBodySettings {
+                buffer_bytes: raw.request_body_buffer_bytes.unwrap_or(1 << 20),
+                max_memory_bytes: raw.max_request_body_memory_bytes.unwrap_or(64 << 20),
+                timeout: secs(raw.request_body_timeout_secs, 20, "request_body_timeout_secs")?,
+                min_rate: raw.request_body_min_rate.unwrap_or(1024),
+            },
             tls: raw.tls.map(|t| TlsFiles { cert: dir.join(t.cert), key: dir.join(t.key) }),
             rate_limit: raw.rate_limit.map(|r| r.validate("server.rate_limit")).transpose()?,
             client_rate_limit: raw
@@ -839,6 +886,16 @@ impl ComponentSpec {
                 Some(0) => bail!("max_concurrent_outbound_requests must be at least 1"),
                 Some(n) => n,
                 None => 16,
+            },
+            max_host_memory: match raw.max_host_memory_mb {
+                None => max_memory,
+                Some(mb) if (1..=65_536).contains(&mb) => mb << 20,
+                Some(mb) => bail!("max_host_memory_mb must be between 1 and 65536, not {mb}"),
+            },
+            max_resources: match raw.max_resources {
+                Some(0) => bail!("max_resources must be at least 1"),
+                Some(n) => n,
+                None => DEFAULT_MAX_RESOURCES,
             },
         };
         let allowed_outbound_hosts = AllowList::parse(&raw.allowed_outbound_hosts)?;

@@ -10,12 +10,14 @@
 //! avoid (state per clone, permit freed when headers are sent).
 
 pub mod auth;
+pub mod body_buffers;
 pub mod client;
 pub mod rate_limit;
 pub mod shared_rate_limit;
 pub mod workers;
 
 pub use auth::BearerAuth;
+pub use body_buffers::BodyBuffers;
 pub use client::{ClientIdentity, ClientSlot, PerClient};
 pub use rate_limit::{ClientLimiter, Limiter};
 pub use shared_rate_limit::{Bucket, ClientBuckets, SharedBuckets};
@@ -52,6 +54,10 @@ pub enum Rejection {
     /// The route's workers are busy and its queue is full.
     #[error("overloaded: worker queue full")]
     QueueFull,
+    /// The client sent its request body too slowly (between reads, or on
+    /// average).
+    #[error("request body too slow")]
+    BodyTimeout,
     /// The request body is larger than the route allows.
     #[error("request body over {limit} bytes")]
     BodyTooLarge {
@@ -78,6 +84,7 @@ impl Rejection {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded | Self::ClientOverloaded | Self::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
         }
@@ -94,6 +101,7 @@ impl Rejection {
             Self::ClientOverloaded => "client_overloaded",
             Self::QueueFull => "queue_full",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::BadRequest(_) => "bad_request",
             Self::LoopDetected { .. } => "loop_detected",
         }
@@ -106,6 +114,7 @@ impl Rejection {
             Self::Overloaded | Self::ClientOverloaded | Self::QueueFull => Some(Duration::from_secs(1)),
             Self::Unauthorized
             | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout
             | Self::BadRequest(_)
             | Self::LoopDetected { .. } => None,
         }
@@ -134,6 +143,8 @@ pub struct Admission {
     pub client_limit: Option<ClientBuckets>,
     /// The shared store, when buckets live in Redis.
     pub shared_buckets: Option<Arc<SharedBuckets>>,
+    /// The budget of request bodies read ahead of admission.
+    pub body_buffers: Arc<BodyBuffers>,
 }
 
 /// Why a connection was refused at accept.
@@ -170,8 +181,13 @@ pub struct RequestSlots {
 
 impl Admission {
     /// The admission state `settings` describe; buckets live in
-    /// `shared_buckets` when given.
-    pub fn new(settings: &ServerSettings, shared_buckets: Option<Arc<SharedBuckets>>) -> Self {
+    /// `shared_buckets` when given; read-ahead bodies are counted in
+    /// `metrics`.
+    pub fn new(
+        settings: &ServerSettings,
+        shared_buckets: Option<Arc<SharedBuckets>>,
+        metrics: &crate::telemetry::metrics::Metrics,
+    ) -> Self {
         let client_limit = settings.client_rate_limit.as_ref().map(|spec| {
             let limiter = Arc::new(ClientLimiter::new(spec));
             start_client_limiter_eviction(&limiter, spec.window);
@@ -190,6 +206,12 @@ impl Admission {
                 .map(|spec| Bucket::new(spec, "global", "", shared_buckets.as_ref())),
             client_limit,
             shared_buckets,
+            body_buffers: Arc::new(BodyBuffers::new(
+                settings.request_body.max_memory_bytes,
+                settings.data_dir.join("tmp"),
+                metrics.bodies_reading_gauge().clone(),
+                metrics.body_spills_counter().clone(),
+            )),
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Host {
     pub(crate) outbound: OutboundHooks,
     /// The epoch ticks the instance ran into lately (see `fair`).
     pub(crate) epoch_ticks: super::fair::Ticks,
+    /// What its host calls made the host hold (see `host_memory`).
+    pub(crate) host_memory: super::host_memory::HostMemory,
     _live: LiveInstance,
 }
 
@@ -36,6 +38,7 @@ impl Host {
         outbound: OutboundHooks,
         output: crate::capabilities::stdio::GuestOutput,
         live: LiveInstance,
+        host_memory: super::host_memory::HostMemory,
     ) -> Self {
         Self {
             table: ResourceTable::new(),
@@ -46,6 +49,7 @@ impl Host {
             limits,
             outbound,
             epoch_ticks: super::fair::Ticks::default(),
+            host_memory,
             _live: live,
         }
     }

@@ -16,6 +16,7 @@
 use super::Runtime;
 use super::component::{HandlerPre, LoadedComponent};
 use super::host::{Host, LiveInstance};
+use super::host_memory::{Charged, HostMemory, HostMemoryExceeded};
 use crate::capabilities::keyvalue::KeyValueCtx;
 use crate::capabilities::outbound::{Origin, OutboundBudget, OutboundHooks};
 use crate::capabilities::stdio::GuestOutput;
@@ -64,6 +65,12 @@ pub enum InvokeError {
     /// The instance reached its lifetime bound (`max_duration_secs`).
     #[error("instance killed at its lifetime bound")]
     LifetimeExceeded,
+    /// The instance made the host hold more than its host-memory limit.
+    #[error("instance killed: {0}")]
+    HostMemoryExceeded(HostMemoryExceeded),
+    /// The instance tried to hold more resources than `max_resources`.
+    #[error("instance killed: it tried to hold more resources than its max_resources")]
+    TooManyResources,
 }
 
 impl InvokeError {
@@ -74,15 +81,28 @@ impl InvokeError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::TimedOut | Self::LifetimeExceeded => StatusCode::GATEWAY_TIMEOUT,
-            Self::Instantiation(_) | Self::Trapped(_) | Self::NoResponse | Self::GuestError(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::Instantiation(_)
+            | Self::Trapped(_)
+            | Self::NoResponse
+            | Self::GuestError(_)
+            | Self::HostMemoryExceeded(_)
+            | Self::TooManyResources => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// Whether a deadline caused it (logged as `timed_out`).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::TimedOut | Self::LifetimeExceeded)
+    }
+
+    /// The bound that killed the instance, for a kill by a bound on what
+    /// it holds (`wharf_instances_killed_total{reason}`).
+    pub fn holding_bound(&self) -> Option<&'static str> {
+        match self {
+            Self::HostMemoryExceeded(_) => Some("host_memory"),
+            Self::TooManyResources => Some("max_resources"),
+            _ => None,
+        }
     }
 }
 
@@ -174,7 +194,7 @@ where
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, incoming, outparam)
                         .await
-                        .map_err(|e| InvokeError::Trapped(format!("{e:#}")))
+                        .map_err(trap_error)
                 }
                 // Boxed: the p3 call's state is a third of this task's
                 // size, and every p2 request in flight would carry it
@@ -192,11 +212,24 @@ where
         };
         // `timeout_at` polls `run` first: an instance that finishes in its
         // first stretch never arms the timer.
-        let result = match tokio::time::timeout_at(started + deadlines.total, run).await {
+        let result = match tokio::time::timeout_at(started + deadlines.total, Charged::new(run)).await {
+            Ok(Err(error)) if error.holding_bound().is_some() => {
+                let phase = phase_name(task_shared.phase.load(Ordering::Acquire));
+                let reason = error.holding_bound().unwrap_or_default();
+                telemetry.metrics.instance_killed(reason, phase);
+                tracing::warn!(
+                    component = %component.name_for_logs,
+                    request_id = %context.request_id,
+                    phase,
+                    reason,
+                    "{error}"
+                );
+                Err(error)
+            }
             Ok(result) => result,
             Err(_elapsed) => {
                 let phase = phase_name(task_shared.phase.load(Ordering::Acquire));
-                telemetry.metrics.instance_killed(phase);
+                telemetry.metrics.instance_killed("max_duration", phase);
                 tracing::warn!(
                     component = %component.name_for_logs,
                     request_id = %context.request_id,
@@ -345,7 +378,7 @@ async fn serve_p3(
     let outcome = store
         .run_concurrent(async move |accessor| {
             match service.handle(accessor, request).await {
-                Err(trap) => return Err(InvokeError::Trapped(format!("{trap:#}"))),
+                Err(trap) => return Err(trap_error(trap)),
                 Ok(Err(code)) => {
                     let _ = sender.send(Err(format!("{code:?}")));
                 }
@@ -360,7 +393,7 @@ async fn serve_p3(
             Ok(())
         })
         .await;
-    outcome.map_err(|trap| InvokeError::Trapped(format!("{trap:#}")))?
+    outcome.map_err(trap_error)?
 }
 
 pub(crate) fn new_store(
@@ -384,16 +417,22 @@ pub(crate) fn new_store(
         client: capabilities.outbound.clone(),
         allowed: component.allowed_outbound_hosts.clone(),
         component: component.name_for_logs.clone(),
-        origin: context.origin,
+        origin: context.origin.clone(),
         budget: OutboundBudget::new(
             component.limits.max_outbound_requests,
             component.limits.max_concurrent_outbound_requests,
+            context.origin.tree.clone(),
         ),
     };
     let live = LiveInstance::new(runtime.telemetry.metrics.live_instances_gauge(), &runtime.activity);
-    let host = Host::new(component.config.clone(), key_value, limits, outbound, output, live);
+    let host_memory =
+        HostMemory::open(usize::try_from(component.limits.max_host_memory).unwrap_or(usize::MAX));
+    let mut host =
+        Host::new(component.config.clone(), key_value, limits, outbound, output, live, host_memory);
+    host.table.set_max_capacity(component.limits.max_resources);
     let mut store = Store::new(&component.engine, host);
     store.limiter(|host| &mut host.limits);
+    store.call_hook(|mut store, hook| store.data_mut().host_memory.on_call(hook));
     if runtime.fuel_metering {
         let _ = store.set_fuel(component.limits.fuel.unwrap_or(u64::MAX));
     }
@@ -406,6 +445,17 @@ pub(crate) fn new_store(
             .epoch_deadline_callback(|mut store| Ok(super::fair::at_tick(&mut store.data_mut().epoch_ticks)));
     }
     store
+}
+
+/// A trap, told apart when a Wharf bound caused it.
+pub(crate) fn trap_error(error: wasmtime::Error) -> InvokeError {
+    if let Some(exceeded) = error.downcast_ref::<HostMemoryExceeded>() {
+        return InvokeError::HostMemoryExceeded(*exceeded);
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) = error.downcast_ref() {
+        return InvokeError::TooManyResources;
+    }
+    InvokeError::Trapped(format!("{error:#}"))
 }
 
 fn instantiation_error(error: wasmtime::Error) -> InvokeError {

@@ -148,6 +148,8 @@ mod tests {
             fuel: None,
             max_outbound_requests: 1,
             max_concurrent_outbound_requests: 1,
+            max_host_memory: 1 << 20,
+            max_resources: 100,
         };
         let mut limiter = InstanceLimiter::new(&limits);
         assert!(limiter.memory_growing(0, 10 << 20, None).unwrap(), "the first memory");

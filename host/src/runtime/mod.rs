@@ -2,7 +2,8 @@
 //! wasmtime engine and its instance pool ([`engine`]), components loaded
 //! and pre-instantiated ([`component`]) with their compiled code cached on
 //! disk ([`cache`]), the per-instance state ([`host`]) and what it may hold
-//! ([`limits`]), one request run through a fresh instance ([`invoke`]), and
+//! ([`limits`]) and what it makes the host hold ([`host_memory`]), one
+//! request run through a fresh instance ([`invoke`]), and
 //! fair CPU between the guests of a thread ([`fair`]), instances reused
 //! across requests where a route asks for it ([`reuse`]), and the epoch
 //! ticker that drives the fairness ([`ticker`]); which of the pool's fast
@@ -16,6 +17,7 @@ pub mod component;
 pub mod engine;
 pub mod fair;
 pub mod host;
+pub mod host_memory;
 pub mod invoke;
 pub mod limits;
 pub mod mechanisms;
@@ -81,6 +83,12 @@ impl Runtime {
         let p2 = Self::engine_parts(settings, cache_dir.as_deref(), HandlerKind::P2, &activity)?;
         let mechanisms = mechanisms::PoolMechanisms::detect(p2.allocator, settings.pagemap_scan);
         mechanisms.log();
+        if !host_memory::is_counting() {
+            tracing::warn!(
+                "host memory per instance is not counted: install wharf::runtime::host_memory::CountingAllocator \
+                 as the global allocator (the wharf binary does)"
+            );
+        }
         Ok(Self {
             mechanisms,
             engine: p2.engine.clone(),

@@ -73,7 +73,7 @@ impl Reuse {
             Ok(Err(error)) if error.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 Err(InvokeError::PoolExhausted)
             }
-            Ok(Err(error)) => Err(InvokeError::Trapped(format!("{error:#}"))),
+            Ok(Err(error)) => Err(super::invoke::trap_error(error)),
         }
     }
 }
@@ -92,7 +92,7 @@ impl HandlerState for Workers {
         async move {
             let context = RequestContext {
                 https: false,
-                origin: Origin { client: std::net::Ipv4Addr::UNSPECIFIED.into(), hops: 0 },
+                origin: Origin::client(std::net::Ipv4Addr::UNSPECIFIED.into()),
                 request_id: format!("reused-{}", component.name_for_logs).into(),
             };
             let mut store = super::invoke::new_store(&runtime, &component, &context);
@@ -114,7 +114,12 @@ impl HandlerState for Workers {
                     deadlines,
                     timer: Box::pin(tokio::time::sleep(deadlines.total)),
                 },
-                state: Worker { spec, p2: component.kind == super::HandlerKind::P2 },
+                state: Worker {
+                    spec,
+                    p2: component.kind == super::HandlerKind::P2,
+                    component: component.name_for_logs.clone(),
+                    telemetry: runtime.telemetry.clone(),
+                },
             })
         }
     }
@@ -124,6 +129,8 @@ impl HandlerState for Workers {
 pub struct Worker {
     spec: ReuseSpec,
     p2: bool,
+    component: Arc<str>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl WorkerState for Worker {
@@ -150,10 +157,20 @@ impl WorkerState for Worker {
         Box::pin(tokio::time::sleep_until(headers_by))
     }
 
-    fn drop(&self, _store: wasmtime::Store<Host>, result: wasmtime::Result<()>) {
-        if let Err(error) = result {
-            tracing::warn!(error = %format!("{error:#}"), "a reused instance ended with an error");
+    fn drop(&self, store: wasmtime::Store<Host>, result: wasmtime::Result<()>) {
+        let Err(error) = result else { return };
+        // wasmtime's handler says "worker panicked" for any worker dropped
+        // mid-flight; only an unwinding thread means it.
+        if error.to_string() == "worker panicked" && !std::thread::panicking() {
+            drop(store);
+            tracing::debug!(component = %self.component, "a reused instance was stopped while working (shutdown or cancellation)");
+            return;
         }
+        let error = super::invoke::trap_error(error);
+        if let Some(reason) = error.holding_bound() {
+            self.telemetry.metrics.instance_killed(reason, "reused");
+        }
+        tracing::warn!(component = %self.component, %error, "a reused instance ended with an error");
     }
 }
 

@@ -47,7 +47,8 @@ struct HostLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Phase {
+struct Kill {
+    reason: &'static str,
     phase: &'static str,
 }
 
@@ -186,10 +187,12 @@ pub struct Metrics {
     instantiation: Histogram,
     in_flight: Gauge,
     live_instances: Gauge,
+    bodies_reading: Gauge,
+    body_spills: Counter,
     queue_depth: Family<RouteLabel, Gauge>,
     components: Family<ComponentInfo, Gauge>,
     reloads: Family<ReloadResult, Counter>,
-    instances_killed: Family<Phase, Counter>,
+    instances_killed: Family<Kill, Counter>,
     connections_refused: Family<Reason, Counter>,
     connections_timed_out: Family<Reason, Counter>,
     breakers_open: Gauge,
@@ -240,6 +243,18 @@ impl Default for Metrics {
         registry.register("requests_in_flight", "Requests holding an admission permit", in_flight.clone());
         let live_instances = Gauge::default();
         registry.register("live_instances", "Component instances alive", live_instances.clone());
+        let bodies_reading = Gauge::default();
+        registry.register(
+            "request_bodies_reading",
+            "Request bodies being read ahead of admission (they hold a connection, not a slot)",
+            bodies_reading.clone(),
+        );
+        let body_spills = Counter::default();
+        registry.register(
+            "request_body_spills",
+            "Request bodies read ahead that went past the memory budget into a temporary file",
+            body_spills.clone(),
+        );
         let queue_depth = Family::<RouteLabel, Gauge>::default();
         registry.register(
             "route_queue_depth",
@@ -254,10 +269,10 @@ impl Default for Metrics {
             "Component and manifest reloads, by result (ok or rejected)",
             reloads.clone(),
         );
-        let instances_killed = Family::<Phase, Counter>::default();
+        let instances_killed = Family::<Kill, Counter>::default();
         registry.register(
             "instances_killed",
-            "Instances killed at their lifetime bound (max_duration_secs), by phase",
+            "Instances killed by a bound (max_duration: their lifetime; host_memory: what they made the host hold), by phase",
             instances_killed.clone(),
         );
         let connections_refused = Family::<Reason, Counter>::default();
@@ -301,6 +316,8 @@ impl Default for Metrics {
             instantiation,
             in_flight,
             live_instances,
+            bodies_reading,
+            body_spills,
             queue_depth,
             components,
             reloads,
@@ -363,14 +380,15 @@ impl Metrics {
         self.reloads.get_or_create(&ReloadResult { result: if ok { "ok" } else { "rejected" } }).get()
     }
 
-    /// Counts an instance killed at its lifetime bound in `phase`.
-    pub fn instance_killed(&self, phase: &'static str) {
-        self.instances_killed.get_or_create(&Phase { phase }).inc();
+    /// Counts an instance killed by the bound `reason` (`max_duration`,
+    /// `host_memory`) in `phase`.
+    pub fn instance_killed(&self, reason: &'static str, phase: &'static str) {
+        self.instances_killed.get_or_create(&Kill { reason, phase }).inc();
     }
 
-    /// Instances killed at their lifetime bound in `phase` so far.
-    pub fn instances_killed(&self, phase: &'static str) -> u64 {
-        self.instances_killed.get_or_create(&Phase { phase }).get()
+    /// Instances killed by the bound `reason` in `phase` so far.
+    pub fn instances_killed(&self, reason: &'static str, phase: &'static str) -> u64 {
+        self.instances_killed.get_or_create(&Kill { reason, phase }).get()
     }
 
     /// Counts a connection refused at accept for `reason`.
@@ -406,6 +424,26 @@ impl Metrics {
     /// Component instances alive now.
     pub fn live_instances(&self) -> usize {
         self.live_instances.get().max(0) as usize
+    }
+
+    /// The gauge of request bodies being read ahead of admission.
+    pub fn bodies_reading_gauge(&self) -> &Gauge {
+        &self.bodies_reading
+    }
+
+    /// Request bodies being read ahead of admission now.
+    pub fn bodies_reading(&self) -> usize {
+        self.bodies_reading.get().max(0) as usize
+    }
+
+    /// The counter of read-ahead bodies that went to a file.
+    pub fn body_spills_counter(&self) -> &Counter {
+        &self.body_spills
+    }
+
+    /// Read-ahead bodies that went to a file so far.
+    pub fn body_spills(&self) -> u64 {
+        self.body_spills.get()
     }
 
     /// The text exposition, with the moment's gauges from `snapshot`.

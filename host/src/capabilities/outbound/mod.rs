@@ -24,6 +24,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
@@ -42,35 +43,82 @@ pub trait SelfDispatch: Send + Sync + 'static {
 }
 
 /// The request an instance serves, as its `http://self` requests carry it
-/// on: who the client was and how many self-requests deep it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// on: who the client was, how many self-requests deep it is, and the
+/// outbound budget the whole tree of requests it belongs to shares.
+#[derive(Debug, Clone)]
 pub struct Origin {
     /// The client the original request came from.
     pub client: IpAddr,
     /// Self-requests between the client's request and this one (0: the
     /// client's own).
     pub hops: u32,
+    /// The tree's budget, once some request in it has sent one.
+    pub tree: Option<Arc<TreeBudget>>,
+}
+
+impl Origin {
+    /// A client's own request, from `client`.
+    pub fn client(client: IpAddr) -> Self {
+        Self { client, hops: 0, tree: None }
+    }
+}
+
+/// The outbound requests one client request may cause in all: its own,
+/// those of every `http://self` request it causes, and theirs. Set by the
+/// first instance of the tree that sends one, to its
+/// `max_outbound_requests`.
+#[derive(Debug)]
+pub struct TreeBudget {
+    left: AtomicU32,
+}
+
+impl TreeBudget {
+    fn new(max: u32) -> Self {
+        Self { left: AtomicU32::new(max) }
+    }
+
+    fn take(&self) -> bool {
+        self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1)).is_ok()
+    }
 }
 
 /// What one instance may send: a number of requests in all, a number at
-/// once (more wait their turn, holding nothing).
+/// once (more wait their turn, holding nothing), within what its request
+/// tree has left.
 pub struct OutboundBudget {
     sent: u32,
     max: u32,
     concurrent: u32,
     /// Made at the first request: most instances never send one.
     in_flight: Option<Arc<Semaphore>>,
+    tree: Option<Arc<TreeBudget>>,
 }
 
 impl OutboundBudget {
-    /// `max` requests in all, `concurrent` at once.
-    pub fn new(max: u32, concurrent: u32) -> Self {
-        Self { sent: 0, max, concurrent, in_flight: None }
+    /// `max` requests in all, `concurrent` at once, sharing `tree` (the
+    /// request tree's budget, when the request is an `http://self` one).
+    pub fn new(max: u32, concurrent: u32, tree: Option<Arc<TreeBudget>>) -> Self {
+        Self { sent: 0, max, concurrent, in_flight: None, tree }
     }
 
     fn in_flight(&mut self) -> Arc<Semaphore> {
         let concurrent = self.concurrent as usize;
         self.in_flight.get_or_insert_with(|| Arc::new(Semaphore::new(concurrent))).clone()
+    }
+
+    /// Takes one request from the instance's budget and its tree's, or
+    /// says which is spent.
+    fn take(&mut self) -> Result<Arc<TreeBudget>, &'static str> {
+        if self.sent >= self.max {
+            return Err("the instance used its max_outbound_requests");
+        }
+        let max = self.max;
+        let tree = self.tree.get_or_insert_with(|| Arc::new(TreeBudget::new(max))).clone();
+        if !tree.take() {
+            return Err("the client request's tree of requests used its max_outbound_requests");
+        }
+        self.sent += 1;
+        Ok(tree)
     }
 }
 
@@ -112,18 +160,20 @@ impl WasiHttpHooks for OutboundHooks {
             }
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         };
-        if self.budget.sent >= self.budget.max {
-            client.metrics.over_budget();
-            if let Some(count) = client.denied_log.note() {
-                tracing::warn!(component = %self.component, max = self.budget.max, refused = count,
-                    "outbound request refused: the instance used its max_outbound_requests");
+        let tree = match self.budget.take() {
+            Ok(tree) => tree,
+            Err(which) => {
+                client.metrics.over_budget();
+                if let Some(count) = client.denied_log.note() {
+                    tracing::warn!(component = %self.component, max = self.budget.max, refused = count,
+                        "outbound request refused: {which}");
+                }
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
             }
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
-        self.budget.sent += 1;
+        };
         let in_flight = self.budget.in_flight();
         let no_body_result = || Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
-        let origin = self.origin;
+        let origin = Origin { tree: Some(tree), ..self.origin.clone() };
         Box::new(async move {
             // Waits its turn under max_concurrent_outbound_requests; the
             // slot is held until the response body is done with.
