@@ -206,14 +206,11 @@ async fn a_routes_own_bucket_limits_only_that_route() {
 
 #[tokio::test]
 async fn bearer_auth_reads_its_token_from_the_environment() {
-    // A variable no other test uses; set before the app reads it.
-    #[allow(unsafe_code)]
-    // SAFETY: no other thread reads or writes this variable.
-    unsafe {
-        std::env::set_var("WHARF_TEST_AUTH_ENV_TOKEN", "from-the-env");
-    }
-    let (server, _dir) =
-        TestServer::start(&app("", "auth = { bearer_token_env = \"WHARF_TEST_AUTH_ENV_TOKEN\" }")).await;
+    // The real binary, the variable in its own environment.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = app("", "auth = { bearer_token_env = \"WHARF_TEST_AUTH_ENV_TOKEN\" }");
+    let server =
+        WharfProcess::start_with_env(dir.path(), &manifest, &[("WHARF_TEST_AUTH_ENV_TOKEN", "from-the-env")]);
     let client = http1_client();
     let with = |token: &str| {
         http::Request::get(server.url("/hold?release=x"))
@@ -224,7 +221,6 @@ async fn bearer_auth_reads_its_token_from_the_environment() {
     assert_eq!(get(&client, &server.url("/hold?release=x")).await.status, 401);
     assert_eq!(send(&client, with("s3cret-token")).await.status, 401);
     assert_eq!(send(&client, with("from-the-env")).await.status, 200);
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -234,7 +230,14 @@ async fn connections_past_max_connections_are_closed_at_once() {
     let first = raw_get(&server, "/hold?wait=a").await;
     let second = raw_get(&server, "/hold?wait=b").await;
     eventually("two requests running", 5 * SECOND, || live(&server) == 2).await;
+    // Closed at accept, with no answer: long before any deadline (the
+    // header deadline is 10 s) could close it.
+    let started = std::time::Instant::now();
     assert_eq!(raw_get_to_end(&server, "/hello").await, "", "the third connection was served");
+    assert!(started.elapsed() < SECOND, "closed after {:?}, not at once", started.elapsed());
+    let metrics = &server.app.telemetry.metrics;
+    eventually("the refusal counted", 5 * SECOND, || metrics.connections_refused("max_connections") == 1)
+        .await;
     // Once a connection closes, its slot serves a new one.
     drop(first);
     let deadline = tokio::time::Instant::now() + 10 * SECOND;

@@ -348,6 +348,12 @@ pub struct WharfProcess {
 
 impl WharfProcess {
     pub fn start(dir: &Path, manifest: &str) -> Self {
+        Self::start_with_env(dir, manifest, &[])
+    }
+
+    /// Like [`Self::start`], with `env` in the process's own environment
+    /// (tests never write their own: other test threads read it).
+    pub fn start_with_env(dir: &Path, manifest: &str, env: &[(&str, &str)]) -> Self {
         let manifest = manifest
             .replace("{components}", &component_dir().display().to_string())
             .replace("[server]", "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"");
@@ -356,6 +362,7 @@ impl WharfProcess {
             .args(["--log-format", "json", "up", "--manifest"])
             .arg(dir.join("wharf.toml"))
             .env("RUST_LOG", "info,wharf::access=warn")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -370,6 +377,16 @@ impl WharfProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// `http://ADDR{path}` on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://ADMIN{path}` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     pub fn signal(&self, name: &str) {

@@ -90,7 +90,10 @@ async fn increments_and_deletes_behave_like_redis() {
 /// process killed with SIGKILL under load: every increment a client was
 /// told about is on disk after the restart. An increment whose response the
 /// kill cut off may be on disk too, so the count lies between the 200s
-/// received and those plus the requests in flight at the kill.
+/// received and those plus the requests in flight at the kill. (A killed
+/// process leaves its writes in the page cache, so this cannot tell a
+/// missing fsync: `keyvalue/redb.rs`'s power-loss test, on a disk that
+/// keeps only what was synced, does.)
 #[tokio::test]
 async fn no_acknowledged_increment_is_lost_when_the_process_is_killed() {
     const CLIENTS: u64 = 16;

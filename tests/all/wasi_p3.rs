@@ -278,11 +278,17 @@ async fn a_p3_instance_lives_at_most_its_max_duration() {
         "path = \"/stream-p3\"\ncomponent = \"stream-p3\"\ntimeout_secs = 1\nmax_duration_secs = 1",
     );
     let (server, _dir) = TestServer::start(&manifest).await;
-    let response = get_streaming(&http1_client(), &server.url("/stream-p3?n=100&interval_ms=100")).await;
+    // A stream that would run 1,000 s.
+    let started = std::time::Instant::now();
+    let response = get_streaming(&http1_client(), &server.url("/stream-p3?n=10000&interval_ms=100")).await;
     let body = response.into_body();
     let rest = tokio::time::timeout(10 * SECOND, http_body_util::BodyExt::collect(body)).await;
     assert!(rest.expect("the stream outlived its max duration").is_err(), "cut with an error");
+    let took = started.elapsed();
+    assert!(took >= SECOND && took < 2 * SECOND, "cut after {took:?} against a 1 s max duration");
     eventually("instance gone", 5 * SECOND, || live(&server) == 0 && in_flight(&server) == 0).await;
+    let killed = server.app.telemetry.metrics.instances_killed("max_duration", "streaming");
+    assert_eq!(killed, 1, "killed by its lifetime bound");
     server.stop().await;
 }
 

@@ -351,8 +351,25 @@ pub enum Ended {
     Closed,
     /// A deadline ended it, for this reason.
     TimedOut(&'static str),
+    /// The server cut it off for flooding it (HTTP/2 GOAWAY
+    /// `ENHANCE_YOUR_CALM`: rapid reset, endless header blocks, too many
+    /// refused streams).
+    CutOff,
     /// The shutdown stopped waiting for it.
     Cancelled,
+}
+
+/// Whether `error` is the server's own HTTP/2 GOAWAY `ENHANCE_YOUR_CALM`,
+/// which h2 sends a peer that floods it.
+fn told_to_calm_down(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && !h2.is_remote() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Serves `connection` under `state`'s deadlines until it ends, a deadline
@@ -384,6 +401,15 @@ pub async fn watch<C: GracefulConnection>(
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
+                    if told_to_calm_down(&*error) {
+                        return Ended::CutOff;
+                    }
+                }
+                // A connection told GOAWAY by a deadline that then closes
+                // cleanly was still ended by that deadline.
+                if let Some(reason) = going_away {
+                    let _ = state.ended_by.set(reason);
+                    return Ended::TimedOut(reason);
                 }
                 return Ended::Closed;
             }

@@ -118,7 +118,7 @@ pub(super) fn connection_builder(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_bytes as u32)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(settings.http2_max_concurrent_streams)
         .keep_alive_interval(settings.http2_ping_interval)
         .keep_alive_timeout(settings.http2_ping_timeout);
@@ -225,9 +225,16 @@ impl Connection {
                 }
             }
         };
-        if let Ended::TimedOut(reason) = ended {
-            self.app.telemetry.metrics.connection_timed_out(reason);
-            tracing::debug!(peer = %self.peer, reason, "connection ended by its deadline");
+        match ended {
+            Ended::TimedOut(reason) => {
+                self.app.telemetry.metrics.connection_timed_out(reason);
+                tracing::debug!(peer = %self.peer, reason, "connection ended by its deadline");
+            }
+            Ended::CutOff => {
+                self.app.telemetry.metrics.connection_cut_off();
+                tracing::debug!(peer = %self.peer, "connection cut off for flooding (HTTP/2 ENHANCE_YOUR_CALM)");
+            }
+            Ended::Closed | Ended::Cancelled => {}
         }
     }
 

@@ -52,14 +52,20 @@ impl AllowList {
                     && p.is_none_or(|p| p == port)
                     && (h == "*"
                         || h.eq_ignore_ascii_case(host)
-                        || h.strip_prefix("*.").is_some_and(|suffix| {
-                            host.len() > suffix.len() + 1
-                                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                        }))
+                        || h.strip_prefix("*.").is_some_and(|suffix| is_subdomain(host, suffix)))
             }
         })
     }
+}
+
+/// Whether `host` (the guest's choice: any bytes) is a name under `suffix`:
+/// `a.suffix`, `a.b.suffix`, compared as bytes so no host can split a
+/// character.
+fn is_subdomain(host: &str, suffix: &str) -> bool {
+    let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
+    host.len() > suffix.len() + 1
+        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        && host[host.len() - suffix.len() - 1] == b'.'
 }
 
 impl std::fmt::Display for AllowedHost {
@@ -128,6 +134,12 @@ mod tests {
         assert!(allowed.allows("http", "self", 80));
         assert!(!AllowList::default().allows("http", "example.com", 80), "default deny");
         assert!(list(&["*://*:*"]).allows("https", "anything", 1));
+        // Hosts that are not ASCII never split a character, nor match.
+        let cdn = list(&["https://*.cdn.net"]);
+        assert!(!cdn.allows("https", "é.cdn.net".trim_start_matches('é'), 443));
+        assert!(cdn.allows("https", "é.cdn.net", 443), "any label, compared as bytes");
+        assert!(!cdn.allows("https", "xé.net", 443));
+        assert!(!cdn.allows("https", "ééééééééé", 443));
         for bad in ["example.com", "ftp://x", "http://a/b", "http://x:notaport", "*://x", "http://a*b"] {
             assert!(AllowList::parse(&[bad.to_string()]).is_err(), "{bad} should be rejected");
         }

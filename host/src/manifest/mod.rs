@@ -570,6 +570,12 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
 const DEFAULT_MAX_RESOURCES: usize = 10_000;
+/// Requests per window and burst at most: past it a limit limits nothing,
+/// and the shared buckets' arithmetic stays exact.
+const MAX_RATE: u32 = 100_000_000;
+/// Largest request head: HTTP/2's header-list limit is a u32, and nothing
+/// legitimate comes near.
+const MAX_HEADER_BYTES: usize = 16 << 20;
 
 impl Manifest {
     /// Whether some route reuses instances.
@@ -716,13 +722,21 @@ impl ServerSettings {
             })?),
         };
         let max_header_bytes = raw.max_header_bytes.unwrap_or(32 << 10);
-        if max_header_bytes < 8192 {
-            bail!("server.max_header_bytes must be at least 8192, not {max_header_bytes}");
+        if !(8192..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+            bail!(
+                "server.max_header_bytes must be between 8192 and {MAX_HEADER_BYTES}, not {max_header_bytes}"
+            );
         }
         let secs = |value, default, field: &str| {
             parse_secs(value, Duration::from_secs(default), &format!("server.{field}"))
         };
-        let max_connections = raw.max_connections.unwrap_or(10_000).max(1);
+        let max_connections = match raw.max_connections {
+            Some(0) => bail!(
+                "server.max_connections must be at least 1 (unlike the per-client caps, it has no \"no cap\" value)"
+            ),
+            Some(n) => n,
+            None => 10_000,
+        };
         let connections = ConnectionSettings {
             max_connections,
             max_connections_per_client: raw.max_connections_per_client.unwrap_or(max_connections.div_ceil(2)),
@@ -939,12 +953,12 @@ impl OutboundSettings {
 
 impl RawRateLimit {
     fn validate(self, field: &str) -> Result<RateLimitSpec> {
-        if self.requests == 0 {
-            bail!("{field}.requests must be at least 1");
+        if !(1..=MAX_RATE).contains(&self.requests) {
+            bail!("{field}.requests must be between 1 and {MAX_RATE}, not {}", self.requests);
         }
         let burst = self.burst.unwrap_or(self.requests);
-        if burst == 0 {
-            bail!("{field}.burst must be at least 1");
+        if !(1..=MAX_RATE).contains(&burst) {
+            bail!("{field}.burst must be between 1 and {MAX_RATE}, not {burst}");
         }
         let window = parse_secs(self.window_secs, Duration::from_secs(1), &format!("{field}.window_secs"))?;
         Ok(RateLimitSpec { requests: self.requests, window, burst })

@@ -65,8 +65,13 @@ struct SharedQuota {
 
 impl SharedQuota {
     fn new(buckets: &Arc<SharedBuckets>, spec: &RateLimitSpec, scope: &'static str, name: &str) -> Self {
-        let interval_us = ((spec.window.as_micros() / u128::from(spec.requests)).max(1)) as u64;
-        let tolerance_us = interval_us * u64::from(spec.burst.saturating_sub(1));
+        // Redis's Lua numbers are doubles: keep both where they are exact.
+        const EXACT_IN_LUA: u64 = 1 << 52;
+        let interval_us = u64::try_from((spec.window.as_micros() / u128::from(spec.requests)).max(1))
+            .unwrap_or(EXACT_IN_LUA)
+            .min(EXACT_IN_LUA);
+        let tolerance_us =
+            interval_us.saturating_mul(u64::from(spec.burst.saturating_sub(1))).min(EXACT_IN_LUA);
         let key =
             format!("wharf:rl:{scope}:{name}:{}/{}us/{}", spec.requests, spec.window.as_micros(), spec.burst);
         Self { buckets: buckets.clone(), key, interval_us, tolerance_us, scope }

@@ -195,6 +195,7 @@ pub struct Metrics {
     instances_killed: Family<Kill, Counter>,
     connections_refused: Family<Reason, Counter>,
     connections_timed_out: Family<Reason, Counter>,
+    connections_cut_off: Counter,
     breakers_open: Gauge,
     breaker_trips: Gauge,
     /// Outbound HTTP metrics.
@@ -287,6 +288,12 @@ impl Default for Metrics {
             "Connections ended by a deadline (header, keepalive, send, response)",
             connections_timed_out.clone(),
         );
+        let connections_cut_off = Counter::default();
+        registry.register(
+            "connections_cut_off",
+            "Connections cut off for flooding the server (HTTP/2 GOAWAY ENHANCE_YOUR_CALM: rapid reset, endless header blocks, refused streams)",
+            connections_cut_off.clone(),
+        );
         let breakers_open = Gauge::default();
         registry.register(
             "outbound_breakers_open",
@@ -306,6 +313,7 @@ impl Default for Metrics {
             instances_killed,
             connections_refused,
             connections_timed_out,
+            connections_cut_off,
             registry,
             requests,
             requests_ended,
@@ -409,6 +417,16 @@ impl Metrics {
     /// Connections ended by their `reason` deadline so far.
     pub fn connections_timed_out(&self, reason: &'static str) -> u64 {
         self.connections_timed_out.get_or_create(&Reason { reason }).get()
+    }
+
+    /// Counts a connection cut off for flooding the server.
+    pub fn connection_cut_off(&self) {
+        self.connections_cut_off.inc();
+    }
+
+    /// Connections cut off for flooding so far.
+    pub fn connections_cut_off(&self) -> u64 {
+        self.connections_cut_off.get()
     }
 
     /// Records one instantiation's duration.

@@ -172,7 +172,13 @@ impl WasiHttpHooks for OutboundHooks {
             }
         };
         let in_flight = self.budget.in_flight();
-        let no_body_result = || Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
+        // How sending the request's body ended reaches the guest through
+        // the future returned beside the response (a WASI 0.3 request's
+        // transmit result).
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let request = request.map(|body| http_body_util::BodyExt::boxed_unsync(SentBody::new(body, sent_tx)));
+        let body_sent = Box::new(async move { sent_rx.await.unwrap_or(Ok(())) })
+            as Box<dyn Future<Output = Result<(), HttpError>> + Send>;
         let origin = Origin { tree: Some(tree), ..self.origin.clone() };
         Box::new(async move {
             // Waits its turn under max_concurrent_outbound_requests; the
@@ -188,8 +194,66 @@ impl WasiHttpHooks for OutboundHooks {
             let response = response.map(|body| {
                 http_body_util::BodyExt::boxed_unsync(PermitBody { inner: body, _permit: permit })
             });
-            Ok((response, no_body_result()))
+            Ok((response, body_sent))
         })
+    }
+}
+
+/// An outgoing request body that reports how it ended: `Ok` once sent
+/// whole (or dropped unread: the receiver answered without it), the error
+/// when the guest's body failed (a length that does not match, say).
+struct SentBody {
+    inner: WasiBody,
+    outcome: Option<tokio::sync::oneshot::Sender<Result<(), HttpError>>>,
+}
+
+impl SentBody {
+    fn new(inner: WasiBody, outcome: tokio::sync::oneshot::Sender<Result<(), HttpError>>) -> Self {
+        Self { inner, outcome: Some(outcome) }
+    }
+
+    fn report(&mut self, outcome: Result<(), HttpError>) {
+        if let Some(sender) = self.outcome.take() {
+            let _ = sender.send(outcome);
+        }
+    }
+}
+
+impl Body for SentBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.report(Ok(())),
+            Poll::Ready(Some(Err(error))) => {
+                let copy = match error {
+                    HttpError::HttpRequestBodySize(size) => HttpError::HttpRequestBodySize(*size),
+                    other => HttpError::InternalError(Some(format!("sending the request body: {other}"))),
+                };
+                self.report(Err(copy));
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for SentBody {
+    fn drop(&mut self) {
+        self.report(Ok(()));
     }
 }
 
@@ -217,5 +281,30 @@ impl Body for PermitBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body(frames: Vec<Result<Frame<Bytes>, HttpError>>) -> WasiBody {
+        http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn how_a_request_body_ended_reaches_the_sender() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = SentBody::new(body(vec![Ok(Frame::data(Bytes::from_static(b"ab")))]), tx);
+        assert_eq!(&sent.collect().await.unwrap().to_bytes()[..], b"ab");
+        assert!(rx.await.unwrap().is_ok());
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let frames =
+            vec![Ok(Frame::data(Bytes::from_static(b"a"))), Err(HttpError::HttpRequestBodySize(Some(1)))];
+        let sent = SentBody::new(body(frames), tx);
+        assert!(sent.collect().await.is_err());
+        assert!(matches!(rx.await.unwrap(), Err(HttpError::HttpRequestBodySize(Some(1)))));
     }
 }
