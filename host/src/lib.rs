@@ -21,8 +21,10 @@
 //! - [`telemetry`]: the request record, the access log, the metrics.
 //! - [`shared`]: state shared by many hosts: the Redis connection the
 //!   key-value backend and the shared rate limits use.
-//! - [`manifest`]: `wharf.toml`, parsed and validated with clear errors,
-//!   and running components' build commands.
+//! - [`manifest`]: `wharf.toml` and Spin's `spin.toml`, each parsed into
+//!   its own raw types and resolved into one [`manifest::Manifest`] with
+//!   clear errors; running components' build commands. It depends on
+//!   nothing else of Wharf.
 //!
 //! The binary (`main.rs`) only parses arguments and calls [`App::load`],
 //! [`Listeners::bind_for`] and [`run`]; tests call the same three.

@@ -69,12 +69,23 @@ enum Command {
 
 #[derive(clap::Args)]
 struct AppArgs {
-    /// Path of the app manifest.
-    #[arg(long, short, default_value = "wharf.toml", env = "WHARF_MANIFEST")]
-    manifest: PathBuf,
+    /// Path of the app manifest: a wharf.toml or a Spin app's spin.toml.
+    /// Default: wharf.toml here, else spin.toml (with a wharf.toml beside
+    /// it as Wharf's settings).
+    #[arg(long, short, env = "WHARF_MANIFEST")]
+    manifest: Option<PathBuf>,
     /// Run each component's build command first.
     #[arg(long)]
     build: bool,
+    /// A Spin app's variable (repeatable; wins over SPIN_VARIABLE_NAME and
+    /// the default).
+    #[arg(long = "variable", value_name = "NAME=VALUE", value_parser = parse_variable)]
+    variables: Vec<(String, String)>,
+}
+
+fn parse_variable(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok((name.to_string(), value.to_string()))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -184,11 +195,16 @@ fn return_compilation_memory() {
 }
 
 fn load_manifest(args: &AppArgs) -> Result<Manifest> {
+    let path = match &args.manifest {
+        Some(path) => path.clone(),
+        None => Manifest::discover(std::path::Path::new(""))?,
+    };
+    let options = wharf::manifest::SpinOptions { variables: args.variables.clone() };
     if args.build {
-        let manifest = Manifest::load(&args.manifest, false)?;
+        let manifest = Manifest::load_with(&path, false, &options)?;
         wharf::manifest::build::build_components(&manifest).context("build failed")?;
     }
-    Manifest::load(&args.manifest, true)
+    Manifest::load_with(&path, true, &options)
 }
 
 /// Logs go to stderr. Request lines are gathered per runtime thread and

@@ -1,7 +1,9 @@
 //! The route table: each route of the manifest bound to its loaded
-//! component and its own policies, ordered most specific first, behind one
-//! `ArcSwap` so a reload replaces it atomically while requests in flight
-//! keep the version they started with.
+//! component and its own policies, matched with Spin's rules (an exact
+//! route beats a `:name` segment, which beats a wildcard; a longer prefix
+//! beats a shorter), behind one `ArcSwap` so a reload replaces it
+//! atomically while requests in flight keep the version they started
+//! with.
 
 use crate::manifest::{Manifest, RouteSpec};
 use crate::policy::{RoutePolicy, SharedBuckets};
@@ -33,19 +35,87 @@ impl Route {
     }
 }
 
-/// Routes ordered most specific first.
+/// The routes, and the router that matches paths to them.
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Indexes into `routes`, for every route but the private ones.
+    router: routefinder::Router<usize>,
+    /// For a Spin app: its name and version (its requests get Spin's
+    /// headers and well-known paths).
+    pub spin: Option<SpinRouting>,
+}
+
+/// What Spin's conventions need of a Spin app.
+#[derive(Debug, Clone)]
+pub struct SpinRouting {
+    /// `[application] name`.
+    pub name: String,
+    /// `[application] version`.
+    pub version: String,
+}
+
+/// A route that matched a request path, with what the path filled in.
+pub struct RouteMatch<'table, 'path> {
+    /// The route.
+    pub route: &'table Route,
+    found: Option<routefinder::Match<'table, 'path, usize>>,
+}
+
+impl RouteMatch<'_, '_> {
+    /// Whether the request was sent to the component directly (service
+    /// chaining) rather than matched by its path.
+    pub fn is_chained(&self) -> bool {
+        self.found.is_none()
+    }
+
+    /// The `:name` segments of the route and what the path had there.
+    pub fn named_segments(&self) -> Vec<(String, String)> {
+        let Some(found) = &self.found else { return Vec::new() };
+        found.captures().params().iter().map(|c| (c.name().to_string(), c.value().to_string())).collect()
+    }
+
+    /// The part of the path the route's wildcard took (Spin's "path
+    /// info"): `/bar` for `/foo/...` on `/foo/bar`, `/` on `/foo/`, empty
+    /// on `/foo` or for an exact route.
+    pub fn wildcard(&self) -> String {
+        let Some(found) = &self.found else { return String::new() };
+        let Some(taken) = found.captures().wildcard().map(str::to_string) else { return String::new() };
+        // Spin keeps the trailing slash the router drops.
+        match (taken.is_empty(), found.path().ends_with('/')) {
+            (true, false) => String::new(),
+            (true, true) => "/".into(),
+            (false, false) => format!("/{taken}"),
+            (false, true) => format!("/{taken}/"),
+        }
+    }
 }
 
 impl RouteTable {
-    /// The route serving `path`, if any: exact beats prefix, longer beats
-    /// shorter.
-    pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|route| route.spec.matcher.matches(path))
+    fn new(routes: Vec<Route>, spin: Option<SpinRouting>) -> Result<Self> {
+        let mut router = routefinder::Router::new();
+        for (index, route) in routes.iter().enumerate().filter(|(_, r)| !r.spec.private) {
+            router
+                .add(route.spec.pattern.router_spec.as_str(), index)
+                .map_err(|e| anyhow::anyhow!("route {:?}: {e}", route.spec.path))?;
+        }
+        Ok(Self { routes, router, spin })
     }
 
-    /// Every route, most specific first.
+    /// The route serving `path`, if any.
+    pub fn find<'t, 'p>(&'t self, path: &'p str) -> Option<RouteMatch<'t, 'p>> {
+        let found = self.router.best_match(path)?;
+        Some(RouteMatch { route: &self.routes[*found.handler()], found: Some(found) })
+    }
+
+    /// The route that serves component `name` when a request is chained to
+    /// it directly (Spin's `http://NAME.spin.internal`), as if matched by
+    /// a wildcard at the root.
+    pub fn for_component(&self, name: &str) -> Option<RouteMatch<'_, '_>> {
+        let route = self.routes.iter().find(|r| r.component.name == name)?;
+        Some(RouteMatch { route, found: None })
+    }
+
+    /// Every route, as the manifest wrote them.
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
@@ -90,7 +160,7 @@ impl RouteTable {
                 }
             })
             .collect();
-        RouteTable { routes }
+        RouteTable::new(routes, self.spin.clone()).expect("the same routes as before")
     }
 }
 
@@ -140,7 +210,9 @@ pub fn load_routes(
     let mut routes = Vec::with_capacity(manifest.routes.len());
     for spec in &manifest.routes {
         let before = previous
-            .and_then(|table| table.routes.iter().find(|r| r.spec.matcher == spec.matcher))
+            .and_then(|table| {
+                table.routes.iter().find(|r| r.spec.pattern == spec.pattern && r.spec.private == spec.private)
+            })
             .map(|r| (&r.spec, &*r.policy));
         let policy = RoutePolicy::from_spec(spec, before, shared_buckets)
             .with_context(|| format!("route {:?}", spec.path))?;
@@ -148,8 +220,9 @@ pub fn load_routes(
         let reuse = reuse_for(runtime, spec, &component);
         routes.push(Route { spec: spec.clone(), component, policy: Arc::new(policy), reuse });
     }
-    routes.sort_by_key(|route| std::cmp::Reverse(route.spec.matcher.specificity()));
-    Ok(RouteTable { routes })
+    let spin =
+        manifest.spin_app().map(|app| SpinRouting { name: app.name.clone(), version: app.version.clone() });
+    RouteTable::new(routes, spin)
 }
 
 /// The reused instances a route with `spec` keeps of `component`, if it

@@ -3,8 +3,9 @@
 //! and drain them on shutdown ([`server`]), each connection's deadlines
 //! ([`connection`]), path normalisation ([`path`]), request bodies read
 //! ahead of admission under a pace ([`request_body`]), the request path
-//! around a component ([`service`]), the host's own responses
-//! ([`response`]) and the admin listener ([`admin`]).
+//! around a component ([`service`]) with Spin's conventions for Spin apps
+//! ([`spin`]), the host's own responses ([`response`]) and the admin
+//! listener ([`admin`]).
 //!
 //! It serves an [`App`](crate::App): it uses the route table, admission
 //! policy, runtime and telemetry the app is made of.
@@ -17,6 +18,7 @@ pub mod request_body;
 pub mod response;
 pub mod server;
 pub mod service;
+pub mod spin;
 pub mod tls;
 
 pub use listener::Listeners;

@@ -242,7 +242,14 @@ impl Connection {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let caller = Caller { peer: self.peer.ip(), https, connection: Some(state.clone()), origin: None };
+        let caller = Caller {
+            peer: self.peer.ip(),
+            port: self.peer.port(),
+            target: None,
+            https,
+            connection: Some(state.clone()),
+            origin: None,
+        };
         let app = self.app.clone();
         let service = service_fn(move |request| {
             let (app, caller) = (app.clone(), caller.clone());

@@ -38,6 +38,11 @@ const HOST_RESPONSE_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Caller {
     /// The socket peer; for `http://self` requests, the origin's client.
     pub peer: IpAddr,
+    /// The peer's port (0 for requests made in process).
+    pub port: u16,
+    /// For a request chained to a component of a Spin app
+    /// (`http://NAME.spin.internal`): that component, whatever the path.
+    pub target: Option<String>,
     /// Whether it came over TLS (the guest sees `https`).
     pub https: bool,
     /// The connection it came on, whose watchdog tracks its response.
@@ -50,7 +55,14 @@ impl Caller {
     /// A plain-HTTP caller at `peer` with no connection to track (for
     /// embedders and benchmarks that call [`handle`] directly).
     pub fn direct(peer: SocketAddr) -> Self {
-        Self { peer: peer.ip(), https: false, connection: None, origin: None }
+        Self {
+            peer: peer.ip(),
+            port: peer.port(),
+            target: None,
+            https: false,
+            connection: None,
+            origin: None,
+        }
     }
 }
 
@@ -69,6 +81,7 @@ where
     let identity = &app.admission.identity;
     let from_trusted_proxy = caller.origin.is_none() && identity.is_trusted_proxy(caller.peer);
     let request_id = request_id(&mut request, from_trusted_proxy);
+    let in_process = caller.origin.is_some();
     let origin = match caller.origin {
         Some(origin) => Origin { hops: origin.hops + 1, ..origin },
         None => Origin::client(identity.client_addr(request.headers(), caller.peer)),
@@ -82,7 +95,15 @@ where
     let context = RequestContext { https: caller.https, origin, request_id: request_id.as_str().into() };
     let mut deadline = HOST_RESPONSE_DEADLINE;
     let started = tokio::time::Instant::now();
-    let response = match serve(&app, request, &mut record, context, &mut deadline).await {
+    let arrival = Arrival {
+        client: if in_process {
+            super::spin::CHAINED_CLIENT
+        } else {
+            SocketAddr::new(caller.peer, caller.port)
+        },
+        target: caller.target,
+    };
+    let response = match serve(&app, request, &mut record, context, arrival, &mut deadline).await {
         Served::Response(response) => response,
         Served::Rejected(rejection) => {
             record.set_rejected(rejection.reason());
@@ -119,11 +140,19 @@ impl From<http::Response<ResponseBody>> for Served {
     }
 }
 
+/// Where a request came from, for Spin's headers, and where it goes when
+/// chained to a component.
+struct Arrival {
+    client: SocketAddr,
+    target: Option<String>,
+}
+
 async fn serve<B>(
     app: &Arc<App>,
     mut request: http::Request<B>,
     record: &mut RequestRecord,
     context: RequestContext,
+    arrival: Arrival,
     deadline: &mut Duration,
 ) -> Served
 where
@@ -142,9 +171,29 @@ where
         return Served::Rejected(rejection);
     }
     let table = app.routes.current();
-    let Some(route) = table.find(request.uri().path()) else {
+    if arrival.target.is_some() {
+        // Spin's rule: a chained request's Host names no real host.
+        request.headers_mut().remove(header::HOST);
+    } else if let Some(spin) = &table.spin
+        && let Some(answer) = super::spin::well_known(request.uri().path(), spin)
+    {
+        return answer.into();
+    }
+    let matched = match &arrival.target {
+        Some(component) => table.for_component(component),
+        None => table.find(request.uri().path()),
+    };
+    let Some(matched) = matched else {
         return response::plain(http::StatusCode::NOT_FOUND, "Not Found").into();
     };
+    let route = matched.route;
+    let spin_headers = table.spin.is_some().then(|| {
+        super::spin::headers(request.uri(), request.headers(), &matched, arrival.client, context.https)
+    });
+    drop(matched);
+    for (name, value) in spin_headers.into_iter().flatten() {
+        request.headers_mut().insert(name, value);
+    }
     record.route = Some(route.spec.path.clone());
     *deadline = route.spec.max_duration;
     if let Some(limiter) = &route.policy.rate_limit
@@ -278,12 +327,20 @@ impl SelfDispatch for InProcess {
         &self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
         origin: Origin,
+        target: Option<String>,
     ) -> BoxFuture<'static, Result<http::Response<wasmtime_wasi_http::WasiBody>, wasmtime_wasi_http::Error>>
     {
         let app = self.0.upgrade();
         Box::pin(async move {
             let Some(app) = app else { return Err(wasmtime_wasi_http::Error::DestinationUnavailable) };
-            let caller = Caller { peer: origin.client, https: false, connection: None, origin: Some(origin) };
+            let caller = Caller {
+                peer: origin.client,
+                port: 0,
+                target,
+                https: false,
+                connection: None,
+                origin: Some(origin),
+            };
             let response = handle(app, request, caller).await;
             Ok(response.map(|body| {
                 use http_body_util::BodyExt;

@@ -13,18 +13,16 @@ use std::process::Command;
 pub fn build_components(manifest: &Manifest) -> Result<()> {
     for component in manifest.components.values() {
         let Some(build) = &component.build else { continue };
-        ensure_rust_target(&build.command)?;
-        tracing::info!(component = %component.name, command = %build.command, workdir = %build.workdir.display(), "building");
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(&build.command)
-            .current_dir(&build.workdir)
-            .status()
-            .with_context(|| {
-                format!("component {:?}: cannot run build command {:?}", component.name, build.command)
-            })?;
-        if !status.success() {
-            bail!("component {:?}: build command {:?} failed ({status})", component.name, build.command);
+        for command in &build.commands {
+            ensure_rust_target(command)?;
+            tracing::info!(component = %component.name, %command, workdir = %build.workdir.display(), "building");
+            let status =
+                Command::new("sh").arg("-c").arg(command).current_dir(&build.workdir).status().with_context(
+                    || format!("component {:?}: cannot run build command {command:?}", component.name),
+                )?;
+            if !status.success() {
+                bail!("component {:?}: build command {command:?} failed ({status})", component.name);
+            }
         }
         if !component.source.is_file() {
             bail!(

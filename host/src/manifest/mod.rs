@@ -1,22 +1,36 @@
-//! The app manifest (`wharf.toml`): which component serves which route, with
-//! what configuration and which key-value stores, plus server-wide settings.
+//! The app manifest: what Wharf serves and how. Two file formats, each
+//! parsed into raw types of its own ([`wharf`]: `wharf.toml`; [`spin`]:
+//! Spin's `spin.toml`), resolve into the one [`Manifest`] the runtime
+//! serves: server settings ([`settings`], shared by both), routes
+//! ([`routes`]), components ([`components`]), and for a Spin app its
+//! variables ([`variables`]). Outbound permissions are [`allow_list`]s.
 //!
-//! This module only parses and validates the file; it never compiles a
-//! component. Every error names the manifest file, the route or component and
-//! what was expected, because a bad manifest is the first thing a new user
-//! meets.
+//! This module only parses and validates; it never compiles a component.
+//! Every error names the file, the route or component and what was
+//! expected, because a bad manifest is the first thing a new user meets.
 
-mod allow_list;
+pub mod allow_list;
 pub mod build;
+pub mod components;
+pub mod routes;
+pub mod settings;
+pub mod spin;
+pub mod variables;
+mod wharf;
 
 pub use allow_list::{AllowList, AllowedHost};
+pub use components::{BuildSpec, ComponentSpec, FileMount, InstanceLimits};
+pub use routes::{ReuseSpec, RoutePattern, RouteSpec, WorkerPoolSpec};
+pub use settings::{
+    AuthSpec, ClientSettings, ConnectionSettings, KeyValueBackendKind, KeyValueLimits, OnStoreError,
+    OutboundSettings, RateLimitSpec, RateLimitStore, RequestBodySettings, ServerSettings, TlsFiles,
+};
+pub use spin::SpinOptions;
+pub use variables::Variables;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A validated manifest, with every path resolved against the manifest's
 /// directory.
@@ -24,6 +38,8 @@ use std::time::Duration;
 pub struct Manifest {
     /// Where the manifest was read from.
     pub path: PathBuf,
+    /// Which format it came from.
+    pub kind: AppKind,
     /// Server-wide settings.
     pub server: ServerSettings,
     /// Routes in the order they were written.
@@ -32,550 +48,31 @@ pub struct Manifest {
     pub components: BTreeMap<String, ComponentSpec>,
 }
 
-/// The `[server]` table.
+/// Which format an app came from, and what only that format has.
 #[derive(Debug, Clone)]
-pub struct ServerSettings {
-    /// Address the public listener binds. Default `127.0.0.1:3000`.
-    pub listen: SocketAddr,
-    /// Directory for persistent state (the key-value database, caches).
-    /// Default `.wharf` beside the manifest.
-    pub data_dir: PathBuf,
-    /// Key-value backend: `redb` (default, persistent in `data_dir`) or
-    /// `memory`.
-    pub key_value: KeyValueBackendKind,
-    /// Requests served at once across the whole server; further requests get
-    /// 503 with `Retry-After: 1` at once. Also sizes the instance pool.
-    /// Default 1000.
-    pub max_concurrent_requests: usize,
-    /// Largest linear memory one instance may have, in bytes. Default 64 MiB.
-    pub max_instance_memory: u64,
-    /// Runtime threads, each with its own listener socket (`SO_REUSEPORT`).
-    /// Default: one per available core.
-    pub threads: usize,
-    /// How long a graceful shutdown waits for requests in flight. Default 30 s.
-    pub shutdown_timeout: Duration,
-    /// Address of the admin listener (`/healthz`, `/metrics`, reload), or
-    /// `None` for no admin listener. Default `127.0.0.1:3001`.
-    pub admin_listen: Option<SocketAddr>,
-    /// Bearer token the admin listener requires (required when it listens
-    /// on an address that is not loopback). Default: none.
-    pub admin_auth: Option<AuthSpec>,
-    /// Bounds on connections: counts, deadlines, header size.
-    pub connections: ConnectionSettings,
-    /// Who a request is from, and what one client may hold.
-    pub clients: ClientSettings,
-    /// Largest request body, in bytes, unless a route says otherwise; larger
-    /// gets 413. Default 10 MiB.
-    pub max_request_body_bytes: u64,
-    /// How request bodies are read from clients before admission.
-    pub request_body: RequestBodySettings,
-    /// Inbound TLS (HTTPS, with HTTP/2 through ALPN), if configured.
-    pub tls: Option<TlsFiles>,
-    /// The global token bucket, if any.
-    pub rate_limit: Option<RateLimitSpec>,
-    /// The per-client-address limiter, if any.
-    pub client_rate_limit: Option<RateLimitSpec>,
-    /// The outbound HTTP client's settings (`[outbound]`).
-    pub outbound: OutboundSettings,
-    /// How many `http://self` requests deep a chain may go; deeper ones get
-    /// 508 Loop Detected. Default 4.
-    pub max_self_hops: u32,
-    /// Bounds on what guests put in `wasi:keyvalue`.
-    pub key_value_limits: crate::capabilities::keyvalue::KeyValueLimits,
-    /// Bytes of stdout and stderr one request's instance may write; the
-    /// rest is dropped. Default 64 KiB.
-    pub max_guest_output_bytes: usize,
-    /// The Redis the Redis key-value backend and shared rate limits use
-    /// (`WHARF_REDIS_URL` overrides). Default `redis://127.0.0.1:6379/0`.
-    pub redis_url: String,
-    /// How long any one Redis call may take. Default 1 s.
-    pub redis_timeout: Duration,
-    /// Where rate-limit buckets live. Default `local`.
-    pub rate_limit_store: RateLimitStore,
-    /// What shared rate limits do while Redis is away. Default `local`.
-    pub rate_limit_on_store_error: OnStoreError,
+pub enum AppKind {
+    /// A `wharf.toml`.
+    Wharf,
+    /// A `spin.toml`: its components get Spin's request headers, and may
+    /// chain to each other at `http://COMPONENT.spin.internal`.
+    Spin(SpinApp),
 }
 
-impl ServerSettings {
-    /// Whether anything uses Redis.
-    pub fn uses_redis(&self) -> bool {
-        self.key_value == KeyValueBackendKind::Redis || self.rate_limit_store == RateLimitStore::Redis
-    }
-}
-
-/// Bounds on inbound connections (all in `[server]`).
+/// What a Spin app has beyond routes and components.
 #[derive(Debug, Clone)]
-pub struct ConnectionSettings {
-    /// Open connections at most; further ones are closed at once. Default
-    /// 10,000: an idle connection is cheap, the concurrency limit is what
-    /// protects the instances.
-    pub max_connections: usize,
-    /// Open connections from one peer address at most (0: no cap). Default
-    /// half of `max_connections`.
-    pub max_connections_per_client: usize,
-    /// From accept, the TLS handshake, protocol detection and the first
-    /// request head must be done within this; later, a request head must
-    /// arrive within this of its first byte. Default 10 s.
-    pub header_read_timeout: Duration,
-    /// An idle connection (no request in flight) is closed after this; an
-    /// HTTP/2 one gets GOAWAY. Default 60 s.
-    pub keepalive_timeout: Duration,
-    /// A response the client takes no bytes of for this long has its
-    /// connection closed and its guest aborted. Default 60 s.
-    pub send_timeout: Duration,
-    /// HTTP/2: a PING after this much silence from the client... Default 30 s.
-    pub http2_ping_interval: Duration,
-    /// ...and the connection is closed if the PING is not answered within
-    /// this. Default 20 s.
-    pub http2_ping_timeout: Duration,
-    /// HTTP/2 streams one connection may have open at once. Default 100.
-    pub http2_max_concurrent_streams: u32,
-    /// Largest request head (request line and headers), in bytes; larger
-    /// gets 431. Default 32 KiB.
-    pub max_header_bytes: usize,
-}
-
-/// How request bodies are taken from clients (all in `[server]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestBodySettings {
-    /// A body up to this size is read in full before its request takes an
-    /// admission slot, a worker or an instance; a larger one streams to the
-    /// guest after this much (routes may override; 0: every body streams).
-    /// Default 1 MiB.
-    pub buffer_bytes: u64,
-    /// Bytes of read-ahead bodies held in memory across the server; past
-    /// it they go to unlinked files in `data_dir/tmp`. Default 64 MiB.
-    pub max_memory_bytes: u64,
-    /// Longest wait for the next bytes of a body, and the allowance before
-    /// `min_rate` applies; past it, 408. Default 20 s.
-    pub timeout: Duration,
-    /// Bytes a second a body must average past `timeout` (0: no minimum).
-    /// Default 1024.
-    pub min_rate: u64,
-}
-
-/// Client identity and per-client shares (all in `[server]`).
-#[derive(Debug, Clone)]
-pub struct ClientSettings {
-    /// Proxies (CIDRs) whose forwarded header is believed. Default: none.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// The header a trusted proxy puts the client address in. Default
-    /// `x-forwarded-for`.
-    pub trusted_proxy_header: http::HeaderName,
-    /// Requests in flight from one client address at most (0: no cap);
-    /// more get 503. Default half of `max_concurrent_requests`.
-    pub max_requests_in_flight_per_client: usize,
-}
-
-/// The `[outbound]` table: the shared client behind
-/// `wasi:http/outgoing-handler`.
-#[derive(Debug, Clone)]
-pub struct OutboundSettings {
-    /// Pool connections (default true). `false` sends each request on a new
-    /// connection with wasmtime-wasi-http's default sender (for comparison).
-    pub pool: bool,
-    /// Idle connections kept per host. Default 10.
-    pub max_idle_per_host: usize,
-    /// An idle connection is closed after this. Default 90 s.
-    pub idle_timeout: Duration,
-    /// Requests in flight per host at most; more wait, for at most the
-    /// connect timeout. Default 100.
-    pub max_connections_per_host: usize,
-    /// TCP connect timeout. Default 5 s.
-    pub connect_timeout: Duration,
-    /// TLS handshake timeout. Default 5 s.
-    pub tls_handshake_timeout: Duration,
-    /// Whole exchange, response body included. Default 10 s.
-    pub total_timeout: Duration,
-    /// PEM file of extra CA certificates to trust beside the system roots.
-    pub extra_ca_file: Option<PathBuf>,
-    /// Consecutive failures (transport errors, timeouts, 5xx) that open a
-    /// host's circuit breaker (0: no breaker). Default 5.
-    pub breaker_failures: u32,
-    /// How long an open breaker fails calls at once before one probe may
-    /// try the host again. Default 10 s.
-    pub breaker_open: Duration,
-}
-
-/// Certificate chain and private key, PEM files.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// Certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// Private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
-
-/// A token bucket: `requests` per `window`, bursting up to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimitSpec {
-    /// Requests allowed per window on average.
-    pub requests: u32,
-    /// The window. Default 1 s.
-    pub window: Duration,
-    /// Requests allowed at once after a quiet spell. Default `requests`.
-    pub burst: u32,
-}
-
-/// Which key-value backend serves `wasi:keyvalue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyValueBackendKind {
-    /// An embedded `redb` database in the data directory: persistent.
-    Redb,
-    /// A process-local map: gone when the process exits.
-    Memory,
-    /// Redis at `redis_url`: shared by every host that points there.
-    Redis,
-}
-
-/// Where rate-limit buckets live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RateLimitStore {
-    /// In this host (the default).
-    Local,
-    /// In Redis at `redis_url`, shared by every host that points there.
-    Redis,
-}
-
-/// What shared rate limits do while Redis cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnStoreError {
-    /// This host's own buckets take over (the default).
-    Local,
-    /// Every request is refused (429).
-    Deny,
-    /// Every request is let through.
-    Allow,
-}
-
-/// One `[[route]]`.
-#[derive(Debug, Clone)]
-pub struct RouteSpec {
-    /// The path as written: `/hello` (exact) or `/api/...` (prefix).
-    pub path: String,
-    /// How the path matches.
-    pub matcher: PathMatch,
-    /// Name of the component that serves it.
-    pub component: String,
-    /// No response headers by then answers 504. Default 30 s.
-    pub timeout: Duration,
-    /// Once the body streams, a gap this long between chunks ends it.
-    /// Default 60 s.
-    pub idle_timeout: Duration,
-    /// The whole response, headers and body, must end by then. Default 600 s.
-    pub max_duration: Duration,
-    /// Largest request body, in bytes. Default: the server's.
-    pub max_request_body_bytes: u64,
-    /// Bodies up to this size are read before admission. Default: the
-    /// server's `request_body_buffer_bytes`.
-    pub request_body_buffer_bytes: u64,
-    /// A token bucket for this route alone, if any.
-    pub rate_limit: Option<RateLimitSpec>,
-    /// A worker pool: at most `workers` instances of this route at once.
-    pub workers: Option<WorkerPoolSpec>,
-    /// Bearer-token authentication, if required.
-    pub auth: Option<AuthSpec>,
-    /// Instance reuse, if the route asks for it (default: a fresh instance
-    /// per request).
-    pub reuse: Option<ReuseSpec>,
-}
-
-/// A route's instance reuse (`reuse = { ... }`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReuseSpec {
-    /// Requests one instance serves before it is retired. Default 128.
-    pub max_requests: usize,
-    /// Requests one WASI 0.3 instance serves at once. Default 16.
-    pub max_concurrent: usize,
-    /// An instance idle this long is retired. Default 10 s.
-    pub idle_timeout: Duration,
-}
-
-/// A route's worker pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerPoolSpec {
-    /// Instances of the route running at once, at most.
-    pub workers: usize,
-    /// Requests waiting in order for a worker, at most; more get 503.
-    pub queue: usize,
-}
-
-/// Where a route's bearer token comes from (never the manifest itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthSpec {
-    /// The token is the value of this environment variable.
-    BearerTokenEnv(String),
-    /// The token is the content of this file (trimmed).
-    BearerTokenFile(PathBuf),
-}
-
-/// How a route's path matches a request path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    /// The request path equals this.
-    Exact(String),
-    /// The request path is this, or starts with this followed by `/`.
-    Prefix(String),
-}
-
-impl PathMatch {
-    /// Parses `/hello` (exact) or `/api/...` (prefix; `/...` matches all).
-    fn parse(path: &str) -> Result<Self, String> {
-        if !path.starts_with('/') {
-            return Err(format!("path {path:?} must start with '/'"));
-        }
-        if let Some(prefix) = path.strip_suffix("/...") {
-            if prefix.contains("...") {
-                return Err(format!("path {path:?} may use '...' only once, at the end"));
-            }
-            return Ok(Self::Prefix(prefix.to_string()));
-        }
-        if path.contains("...") {
-            return Err(format!("path {path:?} may use '...' only at the end, as '/...'"));
-        }
-        let path = path.trim_end_matches('/');
-        Ok(Self::Exact(if path.is_empty() { "/".into() } else { path.into() }))
-    }
-
-    /// Whether `request_path` is served by this route.
-    pub fn matches(&self, request_path: &str) -> bool {
-        match self {
-            Self::Exact(path) => {
-                request_path == path
-                    || (request_path.len() == path.len() + 1
-                        && request_path.starts_with(path.as_str())
-                        && request_path.ends_with('/'))
-            }
-            Self::Prefix(prefix) => match request_path.strip_prefix(prefix.as_str()) {
-                Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
-                None => false,
-            },
-        }
-    }
-
-    /// Longer, exact matches win over shorter or prefix ones.
-    pub fn specificity(&self) -> (usize, bool) {
-        match self {
-            Self::Exact(path) => (path.len(), true),
-            Self::Prefix(prefix) => (prefix.len(), false),
-        }
-    }
-}
-
-/// One `[component.NAME]`.
-#[derive(Debug, Clone)]
-pub struct ComponentSpec {
-    /// The component's name (the table key).
+pub struct SpinApp {
+    /// `[application] name`.
     pub name: String,
-    /// Path of the `.wasm` file, resolved against the manifest directory.
-    pub source: PathBuf,
-    /// How to build it, for `wharf up --build`.
-    pub build: Option<BuildSpec>,
-    /// Values served through `wasi:config/store`.
-    pub config: BTreeMap<String, String>,
-    /// Key-value stores the component may open; any other is denied.
-    pub key_value_stores: Vec<String>,
-    /// What one instance may use.
-    pub limits: InstanceLimits,
-    /// Hosts its outgoing HTTP requests may reach (default: none).
-    pub allowed_outbound_hosts: AllowList,
+    /// `[application] version`.
+    pub version: String,
+    /// Its variables, resolved.
+    pub variables: Variables,
 }
 
-/// Per-instance limits; exceeding one traps the instance (500), never the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceLimits {
-    /// Largest linear memory, in bytes. Default: the server's
-    /// `max_instance_memory_mb` (64 MiB), which is also the ceiling.
-    pub max_memory: u64,
-    /// Most elements one table may grow to. Default 20,000.
-    pub max_table_elements: usize,
-    /// Fuel (roughly, wasm instructions) one request may burn; unset means
-    /// unmetered. Setting it on any component turns fuel metering on for the
-    /// whole engine, which costs guests some speed.
-    pub fuel: Option<u64>,
-    /// Outgoing HTTP requests one instance may make in all. Default 64.
-    pub max_outbound_requests: u32,
-    /// Outgoing HTTP requests one instance may have in flight at once (more
-    /// wait their turn). Default 16.
-    pub max_concurrent_outbound_requests: u32,
-    /// Host memory one instance may make the host hold (headers, buffered
-    /// bodies, resources...), in bytes. Default: `max_memory`.
-    pub max_host_memory: u64,
-    /// Resources (fields, bodies, pollables, streams...) one instance may
-    /// hold at once. Default 10,000.
-    pub max_resources: usize,
-}
-
-/// A component's `build` table.
-#[derive(Debug, Clone)]
-pub struct BuildSpec {
-    /// Shell command, run with `sh -c`.
-    pub command: String,
-    /// Directory to run it in, resolved against the manifest directory.
-    pub workdir: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawManifest {
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    outbound: RawOutbound,
-    #[serde(default)]
-    route: Vec<RawRoute>,
-    #[serde(default)]
-    component: BTreeMap<String, RawComponent>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    key_value: Option<KeyValueBackendKind>,
-    max_concurrent_requests: Option<usize>,
-    max_instance_memory_mb: Option<u64>,
-    threads: Option<usize>,
-    shutdown_timeout_secs: Option<f64>,
-    admin_listen: Option<String>,
-    admin_auth: Option<RawAuth>,
-    max_connections: Option<usize>,
-    max_connections_per_client: Option<usize>,
-    header_read_timeout_secs: Option<f64>,
-    keepalive_timeout_secs: Option<f64>,
-    send_timeout_secs: Option<f64>,
-    http2_ping_interval_secs: Option<f64>,
-    http2_ping_timeout_secs: Option<f64>,
-    http2_max_concurrent_streams: Option<u32>,
-    max_header_bytes: Option<usize>,
-    max_request_body_bytes: Option<u64>,
-    request_body_buffer_bytes: Option<u64>,
-    max_request_body_memory_bytes: Option<u64>,
-    request_body_timeout_secs: Option<f64>,
-    request_body_min_rate: Option<u64>,
-    tls: Option<RawTls>,
-    rate_limit: Option<RawRateLimit>,
-    client_rate_limit: Option<RawRateLimit>,
-    trusted_proxies: Option<Vec<String>>,
-    trusted_proxy_header: Option<String>,
-    max_requests_in_flight_per_client: Option<usize>,
-    max_self_hops: Option<u32>,
-    max_key_bytes: Option<usize>,
-    max_value_bytes: Option<usize>,
-    max_keys_per_store: Option<u64>,
-    max_guest_output_bytes: Option<usize>,
-    redis_url: Option<String>,
-    redis_timeout_ms: Option<u64>,
-    rate_limit_store: Option<RateLimitStore>,
-    rate_limit_on_store_error: Option<OnStoreError>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawOutbound {
-    pool: Option<bool>,
-    max_idle_per_host: Option<usize>,
-    idle_timeout_secs: Option<f64>,
-    max_connections_per_host: Option<usize>,
-    connect_timeout_secs: Option<f64>,
-    tls_handshake_timeout_secs: Option<f64>,
-    total_timeout_secs: Option<f64>,
-    extra_ca_file: Option<PathBuf>,
-    breaker_failures: Option<u32>,
-    breaker_open_secs: Option<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    requests: u32,
-    window_secs: Option<f64>,
-    burst: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    bearer_token_env: Option<String>,
-    bearer_token_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    path: String,
-    component: String,
-    timeout_secs: Option<f64>,
-    idle_timeout_secs: Option<f64>,
-    max_duration_secs: Option<f64>,
-    max_request_body_bytes: Option<u64>,
-    request_body_buffer_bytes: Option<u64>,
-    rate_limit: Option<RawRateLimit>,
-    workers: Option<usize>,
-    queue: Option<usize>,
-    auth: Option<RawAuth>,
-    reuse: Option<RawReuse>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReuse {
-    max_requests: Option<usize>,
-    max_concurrent: Option<usize>,
-    idle_timeout_secs: Option<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawComponent {
-    source: PathBuf,
-    build: Option<RawBuild>,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-    #[serde(default)]
-    key_value_stores: Vec<String>,
-    max_memory_mb: Option<u64>,
-    max_table_elements: Option<usize>,
-    fuel: Option<u64>,
-    #[serde(default)]
-    allowed_outbound_hosts: Vec<String>,
-    max_outbound_requests: Option<u32>,
-    max_concurrent_outbound_requests: Option<u32>,
-    max_host_memory_mb: Option<u64>,
-    max_resources: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBuild {
-    command: String,
-    workdir: Option<PathBuf>,
-}
-
-const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
-const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:3001";
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
-const DEFAULT_TABLE_ELEMENTS: usize = 20_000;
-const DEFAULT_MAX_RESOURCES: usize = 10_000;
-/// Requests per window and burst at most: past it a limit limits nothing,
-/// and the shared buckets' arithmetic stays exact.
-const MAX_RATE: u32 = 100_000_000;
-/// Largest request head: HTTP/2's header-list limit is a u32, and nothing
-/// legitimate comes near.
-const MAX_HEADER_BYTES: usize = 16 << 20;
+/// The manifest files `wharf up` looks for.
+pub const WHARF_MANIFEST: &str = "wharf.toml";
+/// Spin's manifest file.
+pub const SPIN_MANIFEST: &str = "spin.toml";
 
 impl Manifest {
     /// Whether some route reuses instances.
@@ -588,419 +85,83 @@ impl Manifest {
         self.components.values().any(|c| c.limits.fuel.is_some())
     }
 
+    /// The Spin app, if the manifest is a `spin.toml`.
+    pub fn spin_app(&self) -> Option<&SpinApp> {
+        match &self.kind {
+            AppKind::Spin(app) => Some(app),
+            AppKind::Wharf => None,
+        }
+    }
+
     /// Reads and validates the manifest at `path`. Component files must exist
     /// unless `require_sources` is false (before `--build` has made them).
     pub fn load(path: &Path, require_sources: bool) -> Result<Self> {
+        Self::load_with(path, require_sources, &SpinOptions::default())
+    }
+
+    /// Like [`Self::load`], with what a Spin app is given beyond its
+    /// manifest (`--variable`s).
+    pub fn load_with(path: &Path, require_sources: bool, options: &SpinOptions) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
-        Self::parse(&text, path, require_sources)
+        Self::parse_with(&text, path, require_sources, options)
             .with_context(|| format!("invalid manifest {}", path.display()))
     }
 
     /// Validates manifest `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path, require_sources: bool) -> Result<Self> {
-        let raw: RawManifest =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut server = ServerSettings::from_raw(raw.server, dir)?;
-        server.outbound = OutboundSettings::from_raw(raw.outbound, dir)?;
+        Self::parse_with(text, path, require_sources, &SpinOptions::default())
+    }
 
-        let mut components = BTreeMap::new();
-        for (name, raw) in raw.component {
-            let spec = ComponentSpec::from_raw(&name, raw, dir, require_sources, &server)
-                .with_context(|| format!("component {name:?}"))?;
-            components.insert(name, spec);
-        }
-
-        let mut routes: Vec<RouteSpec> = Vec::new();
-        for raw in raw.route {
-            let context = || format!("route {:?}", raw.path);
-            let matcher = PathMatch::parse(&raw.path).map_err(anyhow::Error::msg).with_context(context)?;
-            if let Some(other) = routes.iter().find(|r| r.matcher == matcher) {
-                bail!(
-                    "route {:?}: duplicate route: {:?} already matches the same paths",
-                    raw.path,
-                    other.path
-                );
+    fn parse_with(text: &str, path: &Path, require_sources: bool, options: &SpinOptions) -> Result<Self> {
+        if !is_spin_manifest(path, text) {
+            if !options.variables.is_empty() {
+                bail!("--variable is for Spin apps; a wharf.toml gives its components config instead");
             }
-            if !components.contains_key(&raw.component) {
-                let known: Vec<_> = components.keys().map(String::as_str).collect();
-                bail!(
-                    "route {:?}: component {:?} is not defined (defined: {})",
-                    raw.path,
-                    raw.component,
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
-                );
-            }
-            let timeout =
-                parse_secs(raw.timeout_secs, DEFAULT_TIMEOUT, "timeout_secs").with_context(context)?;
-            let idle_timeout = parse_secs(raw.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT, "idle_timeout_secs")
-                .with_context(context)?;
-            let max_duration = parse_secs(raw.max_duration_secs, DEFAULT_MAX_DURATION, "max_duration_secs")
-                .with_context(context)?;
-            if max_duration < timeout {
-                bail!("route {:?}: max_duration_secs must not be shorter than timeout_secs", raw.path);
-            }
-            let rate_limit =
-                raw.rate_limit.map(|r| r.validate("rate_limit")).transpose().with_context(context)?;
-            let workers = match (raw.workers, raw.queue) {
-                (None, None) => None,
-                (None, Some(_)) => bail!("route {:?}: queue needs workers", raw.path),
-                (Some(0), _) => bail!("route {:?}: workers must be at least 1", raw.path),
-                (Some(workers), queue) => Some(WorkerPoolSpec { workers, queue: queue.unwrap_or(0) }),
-            };
-            let auth = raw.auth.map(|a| a.validate(dir)).transpose().with_context(context)?;
-            let reuse = raw
-                .reuse
-                .map(|r| -> Result<ReuseSpec> {
-                    let spec = ReuseSpec {
-                        max_requests: r.max_requests.unwrap_or(128),
-                        max_concurrent: r.max_concurrent.unwrap_or(16),
-                        idle_timeout: parse_secs(
-                            r.idle_timeout_secs,
-                            Duration::from_secs(10),
-                            "reuse.idle_timeout_secs",
-                        )?,
-                    };
-                    if spec.max_requests == 0 || spec.max_concurrent == 0 {
-                        bail!("reuse.max_requests and reuse.max_concurrent must be at least 1");
-                    }
-                    Ok(spec)
-                })
-                .transpose()
-                .with_context(context)?;
-            routes.push(RouteSpec {
-                path: raw.path,
-                matcher,
-                component: raw.component,
-                timeout,
-                idle_timeout,
-                max_duration,
-                max_request_body_bytes: raw.max_request_body_bytes.unwrap_or(server.max_request_body_bytes),
-                request_body_buffer_bytes: raw
-                    .request_body_buffer_bytes
-                    .unwrap_or(server.request_body.buffer_bytes),
-                rate_limit,
-                workers,
-                auth,
-                reuse,
-            });
+            return wharf::parse(text, path, require_sources);
         }
-        if routes.is_empty() {
-            bail!("no routes: add at least one [[route]] with a path and a component");
+        // Wharf's settings for a Spin app may sit beside it.
+        let beside = dir_of(path).join(WHARF_MANIFEST);
+        let settings = match std::fs::read_to_string(&beside) {
+            Ok(text) => Some((beside, text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error).with_context(|| format!("cannot read {}", beside.display())),
+        };
+        let settings = settings.as_ref().map(|(file, text)| (file.as_path(), text.as_str()));
+        spin::parse(text, path, require_sources, settings, options)
+    }
+
+    /// The manifest `wharf up` serves in `dir` when none is named: a
+    /// `wharf.toml` with routes; else a `spin.toml` (with any `wharf.toml`
+    /// as its settings).
+    pub fn discover(dir: &Path) -> Result<PathBuf> {
+        let wharf = dir.join(WHARF_MANIFEST);
+        let spin = dir.join(SPIN_MANIFEST);
+        let wharf_has_routes = std::fs::read_to_string(&wharf)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .is_some_and(|table| table.contains_key("route"));
+        if wharf_has_routes || (wharf.is_file() && !spin.is_file()) {
+            return Ok(wharf);
         }
-        Ok(Self { path: path.to_path_buf(), server, routes, components })
+        if spin.is_file() {
+            return Ok(spin);
+        }
+        bail!(
+            "no {WHARF_MANIFEST} or {SPIN_MANIFEST} in {}: name one with --manifest",
+            if dir.as_os_str().is_empty() { Path::new(".") } else { dir }.display()
+        )
     }
 }
 
-impl ServerSettings {
-    fn from_raw(raw: RawServer, dir: &Path) -> Result<Self> {
-        let listen = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen.parse().map_err(|_| {
-            anyhow::anyhow!("server.listen: {listen:?} is not an address like \"127.0.0.1:3000\"")
-        })?;
-        let max_concurrent_requests = raw.max_concurrent_requests.unwrap_or(1000);
-        if max_concurrent_requests == 0 {
-            bail!("server.max_concurrent_requests must be at least 1");
-        }
-        let memory_mb = raw.max_instance_memory_mb.unwrap_or(64);
-        if !(1..=4096).contains(&memory_mb) {
-            bail!("server.max_instance_memory_mb must be between 1 and 4096, not {memory_mb}");
-        }
-        let threads = match raw.threads {
-            Some(0) => bail!("server.threads must be at least 1"),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let admin_listen: Option<SocketAddr> = match raw.admin_listen.as_deref() {
-            None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
-            Some("off") => None,
-            Some(addr) => Some(addr.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "server.admin_listen: {addr:?} is not an address like \"127.0.0.1:3001\" (or \"off\")"
-                )
-            })?),
-        };
-        let max_header_bytes = raw.max_header_bytes.unwrap_or(32 << 10);
-        if !(8192..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
-            bail!(
-                "server.max_header_bytes must be between 8192 and {MAX_HEADER_BYTES}, not {max_header_bytes}"
-            );
-        }
-        let secs = |value, default, field: &str| {
-            parse_secs(value, Duration::from_secs(default), &format!("server.{field}"))
-        };
-        let max_connections = match raw.max_connections {
-            Some(0) => bail!(
-                "server.max_connections must be at least 1 (unlike the per-client caps, it has no \"no cap\" value)"
-            ),
-            Some(n) => n,
-            None => 10_000,
-        };
-        let connections = ConnectionSettings {
-            max_connections,
-            max_connections_per_client: raw.max_connections_per_client.unwrap_or(max_connections.div_ceil(2)),
-            header_read_timeout: secs(raw.header_read_timeout_secs, 10, "header_read_timeout_secs")?,
-            keepalive_timeout: secs(raw.keepalive_timeout_secs, 60, "keepalive_timeout_secs")?,
-            send_timeout: secs(raw.send_timeout_secs, 60, "send_timeout_secs")?,
-            http2_ping_interval: secs(raw.http2_ping_interval_secs, 30, "http2_ping_interval_secs")?,
-            http2_ping_timeout: secs(raw.http2_ping_timeout_secs, 20, "http2_ping_timeout_secs")?,
-            http2_max_concurrent_streams: match raw.http2_max_concurrent_streams {
-                Some(0) => bail!("server.http2_max_concurrent_streams must be at least 1"),
-                Some(n) => n,
-                None => 100,
-            },
-            max_header_bytes,
-        };
-        let clients = ClientSettings::from_raw(
-            raw.trusted_proxies,
-            raw.trusted_proxy_header,
-            raw.max_requests_in_flight_per_client.unwrap_or(max_concurrent_requests.div_ceil(2)),
-        )?;
-        let admin_auth = raw.admin_auth.map(|a| a.validate(dir)).transpose().context("server.admin_auth")?;
-        if let Some(admin) = admin_listen
-            && !admin.ip().is_loopback()
-            && admin_auth.is_none()
-        {
-            bail!(
-                "server.admin_listen {admin} is not a loopback address: set server.admin_auth \
-                 (bearer_token_env or bearer_token_file) so that only operators can reload the app"
-            );
-        }
-        Ok(Self {
-            admin_listen,
-            admin_auth,
-            connections,
-            clients,
-            max_request_body_bytes: raw.max_request_body_bytes.unwrap_or(10 << 20),
-            request_body: RequestBodySettings {
-                buffer_bytes: raw.request_body_buffer_bytes.unwrap_or(1 << 20),
-                max_memory_bytes: raw.max_request_body_memory_bytes.unwrap_or(64 << 20),
-                timeout: secs(raw.request_body_timeout_secs, 20, "request_body_timeout_secs")?,
-                min_rate: raw.request_body_min_rate.unwrap_or(1024),
-            },
-            tls: raw.tls.map(|t| TlsFiles { cert: dir.join(t.cert), key: dir.join(t.key) }),
-            rate_limit: raw.rate_limit.map(|r| r.validate("server.rate_limit")).transpose()?,
-            client_rate_limit: raw
-                .client_rate_limit
-                .map(|r| r.validate("server.client_rate_limit"))
-                .transpose()?,
-            outbound: OutboundSettings::from_raw(RawOutbound::default(), dir)?,
-            max_self_hops: raw.max_self_hops.unwrap_or(4),
-            key_value_limits: {
-                let defaults = crate::capabilities::keyvalue::KeyValueLimits::default();
-                let limits = crate::capabilities::keyvalue::KeyValueLimits {
-                    max_key_bytes: raw.max_key_bytes.unwrap_or(defaults.max_key_bytes),
-                    max_value_bytes: raw.max_value_bytes.unwrap_or(defaults.max_value_bytes),
-                    max_keys_per_store: raw.max_keys_per_store.unwrap_or(defaults.max_keys_per_store),
-                };
-                if limits.max_key_bytes == 0 || limits.max_value_bytes == 0 {
-                    bail!("server.max_key_bytes and server.max_value_bytes must be at least 1");
-                }
-                limits
-            },
-            max_guest_output_bytes: raw.max_guest_output_bytes.unwrap_or(64 << 10),
-            redis_url: std::env::var("WHARF_REDIS_URL")
-                .ok()
-                .or(raw.redis_url)
-                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into()),
-            redis_timeout: match raw.redis_timeout_ms {
-                Some(0) => bail!("server.redis_timeout_ms must be at least 1"),
-                Some(ms) => Duration::from_millis(ms),
-                None => Duration::from_secs(1),
-            },
-            rate_limit_store: raw.rate_limit_store.unwrap_or(RateLimitStore::Local),
-            rate_limit_on_store_error: raw.rate_limit_on_store_error.unwrap_or(OnStoreError::Local),
-            listen,
-            data_dir: dir.join(raw.data_dir.unwrap_or_else(|| ".wharf".into())),
-            key_value: raw.key_value.unwrap_or(KeyValueBackendKind::Redb),
-            max_concurrent_requests,
-            max_instance_memory: memory_mb << 20,
-            threads,
-            shutdown_timeout: parse_secs(
-                raw.shutdown_timeout_secs,
-                Duration::from_secs(30),
-                "server.shutdown_timeout_secs",
-            )?,
-        })
-    }
+/// Whether `text` read from `path` is a Spin manifest: its name, or its
+/// `spin_manifest_version`.
+fn is_spin_manifest(path: &Path, text: &str) -> bool {
+    path.file_name().is_some_and(|name| name == SPIN_MANIFEST)
+        || text.lines().any(|line| line.trim_start().starts_with("spin_manifest_version"))
 }
 
-impl ClientSettings {
-    fn from_raw(
-        trusted_proxies: Option<Vec<String>>,
-        header: Option<String>,
-        max_requests_in_flight_per_client: usize,
-    ) -> Result<Self> {
-        let trusted_proxies: Vec<ipnet::IpNet> = trusted_proxies
-            .unwrap_or_default()
-            .iter()
-            .map(|entry| {
-                entry
-                    .parse::<ipnet::IpNet>()
-                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        anyhow::anyhow!(
-                            "server.trusted_proxies: {entry:?} is not an address or a CIDR like \"10.0.0.0/8\""
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?;
-        if header.is_some() && trusted_proxies.is_empty() {
-            bail!(
-                "server.trusted_proxy_header needs server.trusted_proxies: the addresses (CIDRs) of the \
-                 proxies allowed to set it; from anyone else it is ignored"
-            );
-        }
-        let header = header.as_deref().unwrap_or("x-forwarded-for");
-        let trusted_proxy_header = http::HeaderName::try_from(header)
-            .map_err(|_| anyhow::anyhow!("server.trusted_proxy_header: {header:?} is not a header name"))?;
-        Ok(Self { trusted_proxies, trusted_proxy_header, max_requests_in_flight_per_client })
-    }
-}
-
-impl ComponentSpec {
-    fn from_raw(
-        name: &str,
-        raw: RawComponent,
-        dir: &Path,
-        require_sources: bool,
-        server: &ServerSettings,
-    ) -> Result<Self> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            bail!("name must be non-empty and use only letters, digits, '-' and '_'");
-        }
-        let source = dir.join(&raw.source);
-        if require_sources && !source.is_file() {
-            let hint = if raw.build.is_some() { " (run with --build to build it)" } else { "" };
-            bail!("source file {} does not exist{hint}", source.display());
-        }
-        for store in &raw.key_value_stores {
-            if store.is_empty() {
-                bail!("key_value_stores: a store name must not be empty");
-            }
-        }
-        let max_memory = match raw.max_memory_mb {
-            None => server.max_instance_memory,
-            Some(mb) if mb >= 1 && mb << 20 <= server.max_instance_memory => mb << 20,
-            Some(mb) => bail!(
-                "max_memory_mb must be between 1 and server.max_instance_memory_mb ({}), not {mb}",
-                server.max_instance_memory >> 20
-            ),
-        };
-        if raw.fuel == Some(0) {
-            bail!("fuel must be at least 1 (leave it out for unmetered)");
-        }
-        let limits = InstanceLimits {
-            max_memory,
-            max_table_elements: raw.max_table_elements.unwrap_or(DEFAULT_TABLE_ELEMENTS),
-            fuel: raw.fuel,
-            max_outbound_requests: raw.max_outbound_requests.unwrap_or(64),
-            max_concurrent_outbound_requests: match raw.max_concurrent_outbound_requests {
-                Some(0) => bail!("max_concurrent_outbound_requests must be at least 1"),
-                Some(n) => n,
-                None => 16,
-            },
-            max_host_memory: match raw.max_host_memory_mb {
-                None => max_memory,
-                Some(mb) if (1..=65_536).contains(&mb) => mb << 20,
-                Some(mb) => bail!("max_host_memory_mb must be between 1 and 65536, not {mb}"),
-            },
-            max_resources: match raw.max_resources {
-                Some(0) => bail!("max_resources must be at least 1"),
-                Some(n) => n,
-                None => DEFAULT_MAX_RESOURCES,
-            },
-        };
-        let allowed_outbound_hosts = AllowList::parse(&raw.allowed_outbound_hosts)?;
-        Ok(Self {
-            limits,
-            allowed_outbound_hosts,
-            name: name.to_string(),
-            source,
-            build: raw
-                .build
-                .map(|b| BuildSpec { command: b.command, workdir: dir.join(b.workdir.unwrap_or_default()) }),
-            config: raw.config,
-            key_value_stores: raw.key_value_stores,
-        })
-    }
-}
-
-impl OutboundSettings {
-    fn from_raw(raw: RawOutbound, dir: &Path) -> Result<Self> {
-        let secs = |value, default, field: &str| {
-            parse_secs(value, Duration::from_secs(default), &format!("outbound.{field}"))
-        };
-        let max_connections_per_host = raw.max_connections_per_host.unwrap_or(100);
-        if max_connections_per_host == 0 {
-            bail!("outbound.max_connections_per_host must be at least 1");
-        }
-        Ok(Self {
-            pool: raw.pool.unwrap_or(true),
-            max_idle_per_host: raw.max_idle_per_host.unwrap_or(10),
-            idle_timeout: secs(raw.idle_timeout_secs, 90, "idle_timeout_secs")?,
-            max_connections_per_host,
-            connect_timeout: secs(raw.connect_timeout_secs, 5, "connect_timeout_secs")?,
-            tls_handshake_timeout: secs(raw.tls_handshake_timeout_secs, 5, "tls_handshake_timeout_secs")?,
-            total_timeout: secs(raw.total_timeout_secs, 10, "total_timeout_secs")?,
-            extra_ca_file: raw.extra_ca_file.map(|f| dir.join(f)),
-            breaker_failures: raw.breaker_failures.unwrap_or(5),
-            breaker_open: secs(raw.breaker_open_secs, 10, "breaker_open_secs")?,
-        })
-    }
-}
-
-impl RawRateLimit {
-    fn validate(self, field: &str) -> Result<RateLimitSpec> {
-        if !(1..=MAX_RATE).contains(&self.requests) {
-            bail!("{field}.requests must be between 1 and {MAX_RATE}, not {}", self.requests);
-        }
-        let burst = self.burst.unwrap_or(self.requests);
-        if !(1..=MAX_RATE).contains(&burst) {
-            bail!("{field}.burst must be between 1 and {MAX_RATE}, not {burst}");
-        }
-        let window = parse_secs(self.window_secs, Duration::from_secs(1), &format!("{field}.window_secs"))?;
-        Ok(RateLimitSpec { requests: self.requests, window, burst })
-    }
-}
-
-impl RawAuth {
-    fn validate(self, dir: &Path) -> Result<AuthSpec> {
-        match (self.bearer_token_env, self.bearer_token_file) {
-            (Some(var), None) if !var.is_empty() => Ok(AuthSpec::BearerTokenEnv(var)),
-            (None, Some(file)) => Ok(AuthSpec::BearerTokenFile(dir.join(file))),
-            _ => bail!("auth needs exactly one of bearer_token_env or bearer_token_file"),
-        }
-    }
-}
-
-fn parse_secs(value: Option<f64>, default: Duration, field: &str) -> Result<Duration> {
-    match value {
-        None => Ok(default),
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
-        Some(secs) => bail!("{field} must be a number of seconds above 0 and at most 86400, not {secs}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exact_and_prefix_paths_match() {
-        let hello = PathMatch::parse("/hello").unwrap();
-        assert!(hello.matches("/hello"));
-        assert!(hello.matches("/hello/"));
-        assert!(!hello.matches("/hello/x"));
-        assert!(!hello.matches("/hellox"));
-        let api = PathMatch::parse("/api/...").unwrap();
-        assert!(api.matches("/api"));
-        assert!(api.matches("/api/users/1"));
-        assert!(!api.matches("/apix"));
-        let all = PathMatch::parse("/...").unwrap();
-        assert!(all.matches("/anything/at/all"));
-        assert!(PathMatch::parse("hello").is_err());
-        assert!(PathMatch::parse("/a/.../b").is_err());
-    }
+/// The directory paths in the manifest at `path` are relative to.
+fn dir_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }

@@ -159,6 +159,6 @@ pub fn build_linker(engine: &Engine, kind: HandlerKind) -> Result<Linker<Host>> 
         wasmtime_wasi_config::WasiConfig::new(&host.config)
     })
     .map_err(anyhow::Error::from)?;
-    keyvalue::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+    keyvalue::add_to_linker(&mut linker, Host::key_value).map_err(anyhow::Error::from)?;
     Ok(linker)
 }

@@ -14,7 +14,6 @@
 //! returns pages of [`LIST_PAGE`] keys; its cursor is a handle to where the
 //! page ended, valid across requests on this host for [`CURSOR_TTL`].
 
-use crate::runtime::host::Host;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::path::Path;
@@ -77,22 +76,7 @@ impl From<wasmtime::component::ResourceTableError> for KeyValueError {
 
 pub(crate) type BackendResult<T> = Result<T, KeyValueError>;
 
-/// The bounds on what guests store (the `[server]` settings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyValueLimits {
-    /// Longest key, in bytes.
-    pub max_key_bytes: usize,
-    /// Largest value, in bytes.
-    pub max_value_bytes: usize,
-    /// Keys one store may hold (0: no bound).
-    pub max_keys_per_store: u64,
-}
-
-impl Default for KeyValueLimits {
-    fn default() -> Self {
-        Self { max_key_bytes: 1024, max_value_bytes: 1 << 20, max_keys_per_store: 0 }
-    }
-}
+pub use crate::manifest::KeyValueLimits;
 
 /// Where a `list-keys` page starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,11 +263,15 @@ impl HasData for HasKeyValue {
     type Data<'a> = KeyValueView<'a>;
 }
 
-/// Adds `wasi:keyvalue/{store,atomics,batch}` to `linker`.
-pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
-    store::add_to_linker::<_, HasKeyValue>(linker, Host::key_value)?;
-    atomics::add_to_linker::<_, HasKeyValue>(linker, Host::key_value)?;
-    batch::add_to_linker::<_, HasKeyValue>(linker, Host::key_value)?;
+/// Adds `wasi:keyvalue/{store,atomics,batch}` to `linker`; `view` finds an
+/// instance's key-value state in its store's data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KeyValueView<'_>,
+) -> wasmtime::Result<()> {
+    store::add_to_linker::<_, HasKeyValue>(linker, view)?;
+    atomics::add_to_linker::<_, HasKeyValue>(linker, view)?;
+    batch::add_to_linker::<_, HasKeyValue>(linker, view)?;
     Ok(())
 }
 

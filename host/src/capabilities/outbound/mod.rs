@@ -17,6 +17,7 @@ mod client;
 pub use client::OutboundClient;
 
 use crate::manifest::AllowList;
+use crate::manifest::spin::SERVICE_CHAINING_SUFFIX;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
@@ -34,11 +35,14 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 /// work over whatever listener the app has, TLS included, and carry their
 /// origin with them.
 pub trait SelfDispatch: Send + Sync + 'static {
-    /// Serves `request` as if `origin`'s client had sent it.
+    /// Serves `request` as if `origin`'s client had sent it; to component
+    /// `target` whatever its path, when chained to one (Spin's
+    /// `http://NAME.spin.internal`).
     fn dispatch(
         &self,
         request: http::Request<WasiBody>,
         origin: Origin,
+        target: Option<String>,
     ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>>;
 }
 
@@ -184,10 +188,11 @@ impl WasiHttpHooks for OutboundHooks {
             // Waits its turn under max_concurrent_outbound_requests; the
             // slot is held until the response body is done with.
             let permit = in_flight.acquire_owned().await.map_err(|_| HttpError::ConnectionLimitReached)?;
-            let response = if host == "self" {
+            let chained = host.strip_suffix(SERVICE_CHAINING_SUFFIX).map(str::to_string);
+            let response = if host == "self" || chained.is_some() {
                 let dispatch =
                     client.self_dispatch.get().cloned().ok_or(HttpError::DestinationUnavailable)?;
-                dispatch.dispatch(request, origin).await?
+                dispatch.dispatch(request, origin, chained).await?
             } else {
                 client.send(request, options, &entry).await?
             };
