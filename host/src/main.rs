@@ -81,6 +81,10 @@ struct AppArgs {
     /// the default).
     #[arg(long = "variable", value_name = "NAME=VALUE", value_parser = parse_variable)]
     variables: Vec<(String, String)>,
+    /// Directory for the app's data: key-value, SQLite, staged files,
+    /// compile cache (overrides `server.data_dir`; Spin's `--state-dir`).
+    #[arg(long, env = "WHARF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn parse_variable(text: &str) -> Result<(String, String), String> {
@@ -199,7 +203,10 @@ fn load_manifest(args: &AppArgs) -> Result<Manifest> {
         Some(path) => path.clone(),
         None => Manifest::discover(std::path::Path::new(""))?,
     };
-    let options = wharf::manifest::SpinOptions { variables: args.variables.clone() };
+    let options = wharf::manifest::ManifestOptions {
+        variables: args.variables.clone(),
+        data_dir: args.data_dir.clone(),
+    };
     if args.build {
         let manifest = Manifest::load_with(&path, false, &options)?;
         wharf::manifest::build::build_components(&manifest).context("build failed")?;

@@ -47,8 +47,25 @@ impl TestServer {
     /// Like [`Self::start_in`] with load options of the test's choosing
     /// (the access log is always captured, for [`Self::access_lines`]).
     pub async fn start_with(dir: &Path, manifest: &str, options: wharf::LoadOptions) -> Self {
+        Self::start_file(dir, "wharf.toml", manifest, options).await
+    }
+
+    /// Starts a server for a Spin app: `spin_toml` written as `spin.toml`
+    /// into a fresh temporary directory, with `wharf_toml` beside it if
+    /// given (`{components}` as in [`Self::start_in`]).
+    pub async fn start_spin(spin_toml: &str, wharf_toml: Option<&str>) -> (Self, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(settings) = wharf_toml {
+            std::fs::write(dir.path().join("wharf.toml"), settings).unwrap();
+        }
+        let server =
+            Self::start_file(dir.path(), "spin.toml", spin_toml, wharf::LoadOptions::default()).await;
+        (server, dir)
+    }
+
+    async fn start_file(dir: &Path, file: &str, manifest: &str, options: wharf::LoadOptions) -> Self {
         let text = manifest.replace("{components}", &component_dir().display().to_string());
-        let path = dir.join("wharf.toml");
+        let path = dir.join(file);
         std::fs::write(&path, &text).unwrap();
         let mut manifest = Manifest::load(&path, true).expect("valid test manifest");
         manifest.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -358,9 +375,17 @@ impl WharfProcess {
             .replace("{components}", &component_dir().display().to_string())
             .replace("[server]", "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"");
         std::fs::write(dir.join("wharf.toml"), manifest).unwrap();
+        let manifest = dir.join("wharf.toml");
+        Self::run(&["--manifest", &manifest.to_string_lossy()], env)
+    }
+
+    /// `wharf up` with `args` (and loopback port-0 listeners), `env` in its
+    /// own environment.
+    pub fn run(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = std::process::Command::new(wharf_binary())
-            .args(["--log-format", "json", "up", "--manifest"])
-            .arg(dir.join("wharf.toml"))
+            .args(["--log-format", "json", "up"])
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info,wharf::access=warn")
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())

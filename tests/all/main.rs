@@ -18,6 +18,7 @@ mod manifest_ui;
 mod outbound;
 mod redis;
 mod request_bodies;
+mod spin;
 mod streaming;
 mod tls;
 mod upstream;

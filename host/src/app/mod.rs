@@ -107,6 +107,13 @@ impl App {
         let capabilities = Capabilities {
             key_value: Arc::new(keyvalue::KeyValue::new(backend, limits)),
             outbound: Arc::new(OutboundClient::new(&settings.outbound, telemetry.metrics.outbound.clone())?),
+            sqlite: Arc::new(crate::capabilities::sqlite::Sqlite::new(
+                settings.data_dir.join("sqlite"),
+                crate::capabilities::sqlite::SqliteLimits {
+                    query_timeout: settings.max_sqlite_query,
+                    max_result_bytes: settings.max_sqlite_result_bytes,
+                },
+            )),
             guest_output_budget: settings.max_guest_output_bytes,
         };
         let engine_settings = EngineSettings {

@@ -8,6 +8,8 @@
 
 pub mod keyvalue;
 pub mod outbound;
+pub mod spin;
+pub mod sqlite;
 pub mod stdio;
 
 use std::sync::Arc;
@@ -19,6 +21,8 @@ pub struct Capabilities {
     pub key_value: Arc<keyvalue::KeyValue>,
     /// The client behind `wasi:http/outgoing-handler`.
     pub outbound: Arc<outbound::OutboundClient>,
+    /// The SQLite databases behind Spin's SQLite interface.
+    pub sqlite: Arc<sqlite::Sqlite>,
     /// Bytes of output one instance may write.
     pub guest_output_budget: usize,
 }

@@ -25,7 +25,6 @@ pub use settings::{
     AuthSpec, ClientSettings, ConnectionSettings, KeyValueBackendKind, KeyValueLimits, OnStoreError,
     OutboundSettings, RateLimitSpec, RateLimitStore, RequestBodySettings, ServerSettings, TlsFiles,
 };
-pub use spin::SpinOptions;
 pub use variables::Variables;
 
 use anyhow::{Context, Result, bail};
@@ -69,6 +68,15 @@ pub struct SpinApp {
     pub variables: Variables,
 }
 
+/// What a manifest is given from outside it (the command line).
+#[derive(Debug, Clone, Default)]
+pub struct ManifestOptions {
+    /// A Spin app's `--variable NAME=VALUE`s, in order (a later one wins).
+    pub variables: Vec<(String, String)>,
+    /// `--data-dir`: where the app's data lives, instead of `data_dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
 /// The manifest files `wharf up` looks for.
 pub const WHARF_MANIFEST: &str = "wharf.toml";
 /// Spin's manifest file.
@@ -96,12 +104,12 @@ impl Manifest {
     /// Reads and validates the manifest at `path`. Component files must exist
     /// unless `require_sources` is false (before `--build` has made them).
     pub fn load(path: &Path, require_sources: bool) -> Result<Self> {
-        Self::load_with(path, require_sources, &SpinOptions::default())
+        Self::load_with(path, require_sources, &ManifestOptions::default())
     }
 
-    /// Like [`Self::load`], with what a Spin app is given beyond its
-    /// manifest (`--variable`s).
-    pub fn load_with(path: &Path, require_sources: bool, options: &SpinOptions) -> Result<Self> {
+    /// Like [`Self::load`], with what the command line adds
+    /// (`--variable`s, `--data-dir`).
+    pub fn load_with(path: &Path, require_sources: bool, options: &ManifestOptions) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
         Self::parse_with(&text, path, require_sources, options)
@@ -110,15 +118,15 @@ impl Manifest {
 
     /// Validates manifest `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path, require_sources: bool) -> Result<Self> {
-        Self::parse_with(text, path, require_sources, &SpinOptions::default())
+        Self::parse_with(text, path, require_sources, &ManifestOptions::default())
     }
 
-    fn parse_with(text: &str, path: &Path, require_sources: bool, options: &SpinOptions) -> Result<Self> {
+    fn parse_with(text: &str, path: &Path, require_sources: bool, options: &ManifestOptions) -> Result<Self> {
         if !is_spin_manifest(path, text) {
             if !options.variables.is_empty() {
                 bail!("--variable is for Spin apps; a wharf.toml gives its components config instead");
             }
-            return wharf::parse(text, path, require_sources);
+            return wharf::parse(text, path, require_sources, options);
         }
         // Wharf's settings for a Spin app may sit beside it.
         let beside = dir_of(path).join(WHARF_MANIFEST);

@@ -71,6 +71,11 @@ pub struct ServerSettings {
     /// Bytes of stdout and stderr one request's instance may write; the
     /// rest is dropped. Default 64 KiB.
     pub max_guest_output_bytes: usize,
+    /// How long one SQLite statement may run before it is interrupted.
+    /// Default 5 s.
+    pub max_sqlite_query: Duration,
+    /// Bytes of rows one SQLite statement may return. Default 16 MiB.
+    pub max_sqlite_result_bytes: usize,
     /// The Redis the Redis key-value backend and shared rate limits use
     /// (`WHARF_REDIS_URL` overrides). Default `redis://127.0.0.1:6379/0`.
     pub redis_url: String,
@@ -372,6 +377,12 @@ impl ServerSettings {
                 limits
             },
             max_guest_output_bytes: raw.max_guest_output_bytes.unwrap_or(64 << 10),
+            max_sqlite_query: match raw.max_sqlite_query_ms {
+                Some(0) => bail!("server.max_sqlite_query_ms must be at least 1"),
+                Some(ms) => Duration::from_millis(ms),
+                None => Duration::from_secs(5),
+            },
+            max_sqlite_result_bytes: raw.max_sqlite_result_bytes.unwrap_or(16 << 20),
             redis_url: std::env::var("WHARF_REDIS_URL")
                 .ok()
                 .or(raw.redis_url)
@@ -526,6 +537,8 @@ pub(super) struct RawServer {
     max_value_bytes: Option<usize>,
     max_keys_per_store: Option<u64>,
     max_guest_output_bytes: Option<usize>,
+    max_sqlite_query_ms: Option<u64>,
+    max_sqlite_result_bytes: Option<usize>,
     redis_url: Option<String>,
     redis_timeout_ms: Option<u64>,
     rate_limit_store: Option<RateLimitStore>,

@@ -16,7 +16,7 @@ use super::routes::{RawRoute, RoutePattern, RouteSpec};
 use super::settings::{OutboundSettings, ServerSettings};
 use super::variables::{RawVariable, Variables};
 use super::wharf::RawManifest;
-use super::{AllowList, AppKind, Manifest, SpinApp};
+use super::{AllowList, AppKind, Manifest, ManifestOptions, SpinApp};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -28,12 +28,14 @@ pub const SERVICE_CHAINING_SUFFIX: &str = ".spin.internal";
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSpinManifest {
+    #[allow(dead_code, reason = "checked before the rest is read")]
     spin_manifest_version: toml::Value,
     application: RawApplication,
     #[serde(default)]
     variables: BTreeMap<String, RawVariable>,
+    /// By trigger type; only `http` is read further.
     #[serde(default)]
-    trigger: BTreeMap<String, Vec<RawTrigger>>,
+    trigger: BTreeMap<String, toml::Value>,
     #[serde(default)]
     component: BTreeMap<String, RawSpinComponent>,
     /// Wharf's own settings, when not in a `wharf.toml` beside.
@@ -134,13 +136,6 @@ enum Commands {
     Many(Vec<String>),
 }
 
-/// What a Spin app is given beyond its manifest.
-#[derive(Debug, Clone, Default)]
-pub struct SpinOptions {
-    /// `--variable NAME=VALUE`s, in order (a later one wins).
-    pub variables: Vec<(String, String)>,
-}
-
 /// Validates `spin.toml` text as if read from `path`; Wharf's settings
 /// come from `wharf_settings` (a `wharf.toml` beside it) or its `[wharf]`
 /// table.
@@ -149,19 +144,28 @@ pub(super) fn parse(
     path: &Path,
     require_sources: bool,
     wharf_settings: Option<(&Path, &str)>,
-    options: &SpinOptions,
+    options: &ManifestOptions,
 ) -> Result<Manifest> {
+    // The version first: an older manifest has another shape entirely.
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    match table.get("spin_manifest_version") {
+        Some(version) if version.as_integer() == Some(2) => {}
+        Some(version) => {
+            bail!(
+                "spin_manifest_version {version}: Wharf reads version 2 (`spin doctor` upgrades older manifests)"
+            )
+        }
+        None => bail!("spin_manifest_version is missing: Wharf reads Spin manifests of version 2"),
+    }
     let raw: RawSpinManifest =
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
-    if raw.spin_manifest_version.as_integer() != Some(2) {
-        bail!(
-            "spin_manifest_version {}: Wharf reads version 2 (`spin doctor` upgrades older manifests)",
-            raw.spin_manifest_version
-        );
-    }
     let dir = super::dir_of(path);
     let settings = wharf_settings_of(raw.wharf, wharf_settings)?;
     let mut server = ServerSettings::from_raw(settings.server, dir).context("[server] (Wharf's settings)")?;
+    if let Some(data_dir) = &options.data_dir {
+        server.data_dir = data_dir.clone();
+    }
     server.outbound =
         OutboundSettings::from_raw(settings.outbound, dir).context("[outbound] (Wharf's settings)")?;
     let variables = Variables::resolve(&raw.variables, &options.variables, |key| std::env::var(key).ok())?;
@@ -182,7 +186,13 @@ pub(super) fn parse(
     let mut raw_components = raw.component;
     let mut triggers = Vec::new();
     let mut counter = 1;
-    for (index, trigger) in raw.trigger.into_values().flatten().enumerate() {
+    let http: Vec<RawTrigger> = match raw.trigger.get("http") {
+        None => Vec::new(),
+        Some(http) => http.clone().try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("[[trigger.http]]: {}", e.to_string().trim_end())
+        })?,
+    };
+    for (index, trigger) in http.into_iter().enumerate() {
         let id =
             if trigger.id.is_empty() { format!("http-trigger{}", index + 1) } else { trigger.id.clone() };
         let context = || format!("trigger {id:?}");

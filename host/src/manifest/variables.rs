@@ -109,7 +109,7 @@ impl Variables {
 
 /// Spin's variable names: lower snake case (`api_key`), starting with a
 /// letter.
-pub(super) fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<()> {
     let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.ends_with('_')

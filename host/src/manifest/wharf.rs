@@ -4,7 +4,7 @@
 use super::components::{self, BuildSpec, ComponentSpec, RawLimits};
 use super::routes::{RawRoute, RoutePattern, RouteSpec};
 use super::settings::{OutboundSettings, RawOutbound, RawServer, ServerSettings};
-use super::{AllowList, AppKind, Manifest};
+use super::{AllowList, AppKind, Manifest, ManifestOptions};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -77,11 +77,19 @@ struct RawBuild {
 }
 
 /// Validates `wharf.toml` text as if read from `path`.
-pub(super) fn parse(text: &str, path: &Path, require_sources: bool) -> Result<Manifest> {
+pub(super) fn parse(
+    text: &str,
+    path: &Path,
+    require_sources: bool,
+    options: &ManifestOptions,
+) -> Result<Manifest> {
     let raw: RawManifest =
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
     let dir = super::dir_of(path);
     let mut server = ServerSettings::from_raw(raw.server, dir)?;
+    if let Some(data_dir) = &options.data_dir {
+        server.data_dir = data_dir.clone();
+    }
     server.outbound = OutboundSettings::from_raw(raw.outbound, dir)?;
 
     let mut components = BTreeMap::new();

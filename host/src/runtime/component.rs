@@ -46,7 +46,12 @@ pub struct LoadedComponent {
     pub(crate) engine: wasmtime::Engine,
     pub(crate) handler: HandlerPre,
     pub(crate) config: Arc<WasiConfigVariables>,
+    /// The same values, for Spin's variables interfaces.
+    pub(crate) variables: crate::capabilities::spin::variables::Variables,
+    pub(crate) environment: Arc<[(String, String)]>,
+    pub(crate) files: Arc<[crate::manifest::FileMount]>,
     pub(crate) key_value_stores: Arc<[String]>,
+    pub(crate) sqlite_databases: Arc<[String]>,
     pub(crate) limits: InstanceLimits,
     pub(crate) allowed_outbound_hosts: Arc<AllowList>,
     pub(crate) name_for_logs: Arc<str>,
@@ -88,7 +93,11 @@ pub fn load(runtime: &Runtime, spec: &ComponentSpec, reused: bool) -> Result<Loa
         loaded_at: SystemTime::now(),
         handler,
         config: Arc::new(spec.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
+        variables: crate::capabilities::spin::variables::Variables(Arc::new(spec.config.clone())),
+        environment: spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        files: spec.files.clone().into(),
         key_value_stores: spec.key_value_stores.clone().into(),
+        sqlite_databases: spec.sqlite_databases.clone().into(),
         limits: spec.limits.clone(),
         allowed_outbound_hosts: Arc::new(spec.allowed_outbound_hosts.clone()),
         name_for_logs: spec.name.as_str().into(),
@@ -146,11 +155,19 @@ fn handler_kind(bytes: &[u8]) -> Result<HandlerKind> {
 }
 
 fn pre_instantiate(
-    _engine: &Engine,
+    engine: &Engine,
     linker: &Linker<Host>,
     component: &Component,
     kind: HandlerKind,
 ) -> Result<HandlerPre> {
+    for (import, _) in component.component_type().imports(engine) {
+        if let Some(what) = crate::capabilities::spin::unserved(import) {
+            bail!(
+                "it imports {import}, a Spin interface ({what}) that Wharf does not serve; \
+                 Wharf serves Spin's key-value, variables and SQLite"
+            );
+        }
+    }
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| anyhow!("it imports something Wharf does not provide: {e}"))?;

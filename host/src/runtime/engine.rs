@@ -145,8 +145,9 @@ fn pooling_config(settings: &EngineSettings) -> PoolingAllocationConfig {
 
 /// The linker with every import Wharf provides: all of WASI 0.2 (a Rust
 /// component built with std imports `wasi:cli/*`), `wasi:http`,
-/// `wasi:keyvalue` and `wasi:config`; for WASI 0.3 components, all of WASI
-/// 0.3 and its `wasi:http` as well (they may import 0.2 interfaces too).
+/// `wasi:keyvalue` and `wasi:config`, Spin's interfaces; for WASI 0.3
+/// components, all of WASI 0.3 and its `wasi:http` as well (they may import
+/// 0.2 interfaces too), and Spin's async interfaces.
 pub fn build_linker(engine: &Engine, kind: HandlerKind) -> Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
@@ -160,5 +161,22 @@ pub fn build_linker(engine: &Engine, kind: HandlerKind) -> Result<Linker<Host>> 
     })
     .map_err(anyhow::Error::from)?;
     keyvalue::add_to_linker(&mut linker, Host::key_value).map_err(anyhow::Error::from)?;
+    add_spin_to_linker(&mut linker, kind).map_err(anyhow::Error::from)?;
     Ok(linker)
+}
+
+/// Spin's interfaces and the standard ones at Spin's versions; those that
+/// are component-model `async` only on the WASI 0.3 engine.
+fn add_spin_to_linker(linker: &mut Linker<Host>, kind: HandlerKind) -> wasmtime::Result<()> {
+    use crate::capabilities::spin;
+    keyvalue::draft2::add_to_linker(linker, Host::key_value)?;
+    spin::key_value::add_v2_to_linker(linker, Host::key_value)?;
+    spin::variables::add_sync_to_linker(linker, Host::variables)?;
+    spin::sqlite::add_sync_to_linker(linker, Host::sqlite)?;
+    if kind == HandlerKind::P3 {
+        spin::key_value::add_v3_to_linker(linker, Host::key_value)?;
+        spin::variables::add_async_to_linker(linker, Host::variables)?;
+        spin::sqlite::add_async_to_linker(linker, Host::sqlite)?;
+    }
+    Ok(())
 }

@@ -7,6 +7,9 @@
 
 use crate::capabilities::keyvalue::{KeyValueCtx, KeyValueView};
 use crate::capabilities::outbound::OutboundHooks;
+use crate::capabilities::spin::sqlite::SqliteView;
+use crate::capabilities::spin::variables::Variables;
+use crate::capabilities::sqlite::SqliteCtx;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
@@ -21,6 +24,8 @@ pub struct Host {
     pub(crate) http: WasiHttpCtx,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) key_value: KeyValueCtx,
+    pub(crate) variables: Variables,
+    pub(crate) sqlite: SqliteCtx,
     pub(crate) limits: super::limits::InstanceLimiter,
     pub(crate) outbound: OutboundHooks,
     /// The epoch ticks the instance ran into lately (see `fair`).
@@ -30,22 +35,31 @@ pub struct Host {
     _live: LiveInstance,
 }
 
+/// What one instance's state is made of.
+pub(crate) struct HostParts {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) config: Arc<WasiConfigVariables>,
+    pub(crate) variables: Variables,
+    pub(crate) key_value: KeyValueCtx,
+    pub(crate) sqlite: SqliteCtx,
+    pub(crate) limits: super::limits::InstanceLimiter,
+    pub(crate) outbound: OutboundHooks,
+    pub(crate) live: LiveInstance,
+    pub(crate) host_memory: super::host_memory::HostMemory,
+}
+
 impl Host {
-    pub(crate) fn new(
-        config: Arc<WasiConfigVariables>,
-        key_value: KeyValueCtx,
-        limits: super::limits::InstanceLimiter,
-        outbound: OutboundHooks,
-        output: crate::capabilities::stdio::GuestOutput,
-        live: LiveInstance,
-        host_memory: super::host_memory::HostMemory,
-    ) -> Self {
+    pub(crate) fn new(parts: HostParts) -> Self {
+        let HostParts { wasi, config, variables, key_value, sqlite, limits, outbound, live, host_memory } =
+            parts;
         Self {
             table: ResourceTable::new(),
-            wasi: WasiCtx::builder().stdout(output.stdout()).stderr(output.stderr()).build(),
+            wasi,
             http: WasiHttpCtx::new(),
             config,
             key_value,
+            variables,
+            sqlite,
             limits,
             outbound,
             epoch_ticks: super::fair::Ticks::default(),
@@ -56,6 +70,14 @@ impl Host {
 
     pub(crate) fn key_value(&mut self) -> KeyValueView<'_> {
         KeyValueView { ctx: &self.key_value, table: &mut self.table }
+    }
+
+    pub(crate) fn variables(&mut self) -> &Variables {
+        &self.variables
+    }
+
+    pub(crate) fn sqlite(&mut self) -> SqliteView<'_> {
+        SqliteView { ctx: &self.sqlite, table: &mut self.table }
     }
 }
 

@@ -15,10 +15,11 @@
 
 use super::Runtime;
 use super::component::{HandlerPre, LoadedComponent};
-use super::host::{Host, LiveInstance};
+use super::host::{Host, HostParts, LiveInstance};
 use super::host_memory::{Charged, HostMemory, HostMemoryExceeded};
 use crate::capabilities::keyvalue::KeyValueCtx;
 use crate::capabilities::outbound::{Origin, OutboundBudget, OutboundHooks};
+use crate::capabilities::sqlite::SqliteCtx;
 use crate::capabilities::stdio::GuestOutput;
 use crate::telemetry::record::{BoxError, DeadlineExceeded};
 use bytes::Bytes;
@@ -412,23 +413,35 @@ pub(crate) fn new_store(
         context.request_id.clone(),
         capabilities.guest_output_budget,
     );
-    let limits = super::limits::InstanceLimiter::new(&component.limits);
+    let budget = OutboundBudget::new(
+        component.limits.max_outbound_requests,
+        component.limits.max_concurrent_outbound_requests,
+        context.origin.tree.clone(),
+    );
+    let wasi = guest_wasi(runtime, component, &output, &budget);
     let outbound = OutboundHooks {
         client: capabilities.outbound.clone(),
         allowed: component.allowed_outbound_hosts.clone(),
         component: component.name_for_logs.clone(),
         origin: context.origin.clone(),
-        budget: OutboundBudget::new(
-            component.limits.max_outbound_requests,
-            component.limits.max_concurrent_outbound_requests,
-            context.origin.tree.clone(),
-        ),
+        budget,
     };
-    let live = LiveInstance::new(runtime.telemetry.metrics.live_instances_gauge(), &runtime.activity);
-    let host_memory =
-        HostMemory::open(usize::try_from(component.limits.max_host_memory).unwrap_or(usize::MAX));
-    let mut host =
-        Host::new(component.config.clone(), key_value, limits, outbound, output, live, host_memory);
+    let mut host = Host::new(HostParts {
+        wasi,
+        config: component.config.clone(),
+        variables: component.variables.clone(),
+        key_value,
+        sqlite: SqliteCtx {
+            shared: capabilities.sqlite.clone(),
+            allowed: component.sqlite_databases.clone(),
+        },
+        limits: super::limits::InstanceLimiter::new(&component.limits),
+        outbound,
+        live: LiveInstance::new(runtime.telemetry.metrics.live_instances_gauge(), &runtime.activity),
+        host_memory: HostMemory::open(
+            usize::try_from(component.limits.max_host_memory).unwrap_or(usize::MAX),
+        ),
+    });
     host.table.set_max_capacity(component.limits.max_resources);
     let mut store = Store::new(&component.engine, host);
     store.limiter(|host| &mut host.limits);
@@ -456,6 +469,38 @@ pub(crate) fn trap_error(error: wasmtime::Error) -> InvokeError {
         return InvokeError::TooManyResources;
     }
     InvokeError::Trapped(format!("{error:#}"))
+}
+
+/// The WASI context of one instance of `component`: its output, its
+/// environment and files, and sockets as its allow-list and budget permit.
+fn guest_wasi(
+    runtime: &Runtime,
+    component: &LoadedComponent,
+    output: &GuestOutput,
+    budget: &OutboundBudget,
+) -> wasmtime_wasi::WasiCtx {
+    let mut wasi = wasmtime_wasi::WasiCtx::builder();
+    wasi.stdout(output.stdout()).stderr(output.stderr());
+    if !component.environment.is_empty() {
+        wasi.envs(&component.environment);
+    }
+    for mount in component.files.iter() {
+        if let Err(error) = wasi.preopened_dir(&mount.host, &mount.guest, wasmtime_wasi::FsPerms::ReadOnly) {
+            tracing::warn!(component = %component.name_for_logs, dir = %mount.host.display(), %error,
+                "cannot give the component its files");
+        }
+    }
+    if component.allowed_outbound_hosts.has_sockets() {
+        let check = crate::capabilities::outbound::sockets::check(
+            component.allowed_outbound_hosts.clone(),
+            budget.spent(),
+            component.limits.max_outbound_requests,
+            runtime.capabilities.outbound.clone(),
+            component.name_for_logs.clone(),
+        );
+        wasi.socket_addr_check(check).allow_ip_name_lookup(true).allow_tcp(true).allow_udp(true);
+    }
+    wasi.build()
 }
 
 fn instantiation_error(error: wasmtime::Error) -> InvokeError {

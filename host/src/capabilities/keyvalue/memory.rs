@@ -85,12 +85,30 @@ impl Backend for MemoryBackend {
         Box::pin(async move { Ok(page) })
     }
 
-    fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>> {
+    fn increment(&self, store: String, key: String, delta: i64) -> BoxFuture<'static, BackendResult<i64>> {
         let result = self.with(&store, |map| {
             self.has_room(map, &key)?;
             let next = add(parse_counter(map.get(&key).map(Vec::as_slice))?, delta)?;
             map.insert(key, next.to_string().into_bytes());
             Ok(next)
+        });
+        Box::pin(async move { result })
+    }
+
+    fn compare_and_swap(
+        &self,
+        store: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> BoxFuture<'static, BackendResult<bool>> {
+        let result = self.with(&store, |map| {
+            if map.get(&key) != expected.as_ref() {
+                return Ok(false);
+            }
+            self.has_room(map, &key)?;
+            map.insert(key, value);
+            Ok(true)
         });
         Box::pin(async move { result })
     }

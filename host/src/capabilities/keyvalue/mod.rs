@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
+pub mod draft2;
 mod memory;
 mod redb;
 mod redis;
@@ -76,6 +77,9 @@ impl From<wasmtime::component::ResourceTableError> for KeyValueError {
 
 pub(crate) type BackendResult<T> = Result<T, KeyValueError>;
 
+/// The values of some keys, in order (`None`: absent).
+pub(crate) type Values = Vec<Option<Vec<u8>>>;
+
 pub use crate::manifest::KeyValueLimits;
 
 /// Where a `list-keys` page starts.
@@ -126,7 +130,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'static, BackendResult<KeyPage>>;
     /// Adds `delta` to the decimal number at `key` (0 if absent) atomically
     /// and durably, returning the new value.
-    fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>>;
+    fn increment(&self, store: String, key: String, delta: i64) -> BoxFuture<'static, BackendResult<i64>>;
+    /// Sets `key` to `value` if it still holds `expected` (`None`: absent),
+    /// atomically and durably; whether it did.
+    fn compare_and_swap(
+        &self,
+        store: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> BoxFuture<'static, BackendResult<bool>>;
 }
 
 /// Opens the backend Wharf is configured with (`redis`: the shared
@@ -252,7 +265,8 @@ pub struct KeyValueView<'a> {
     pub(crate) table: &'a mut ResourceTable,
 }
 
-/// An open store, as a `wasi:keyvalue/store.bucket` resource.
+/// An open store, as a `wasi:keyvalue/store.bucket` resource (and Spin's
+/// `store`).
 pub struct Bucket {
     store: String,
 }
@@ -278,6 +292,133 @@ pub fn add_to_linker<T: Send + 'static>(
 impl KeyValueView<'_> {
     fn store_of(&self, bucket: &Resource<Bucket>) -> BackendResult<String> {
         Ok(self.table.get(bucket)?.store.clone())
+    }
+
+    /// The value of `key` in `bucket`'s store.
+    pub(crate) async fn get_one(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        key: String,
+    ) -> BackendResult<Option<Vec<u8>>> {
+        Ok(self.get_later(bucket, key)?.await?.pop().flatten())
+    }
+
+    /// Sets `key` in `bucket`'s store.
+    pub(crate) async fn set_one(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> BackendResult<()> {
+        self.set_later(bucket, key, value)?.await
+    }
+
+    /// Removes `key` from `bucket`'s store.
+    pub(crate) async fn delete_one(&mut self, bucket: &Resource<Bucket>, key: String) -> BackendResult<()> {
+        self.delete_later(bucket, key)?.await
+    }
+
+    /// Reading `key` from `bucket`'s store, as a future that needs nothing
+    /// of the instance (a WASI 0.3 host call awaits it outside the store).
+    pub(crate) fn get_later(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        key: String,
+    ) -> BackendResult<BoxFuture<'static, BackendResult<Values>>> {
+        let store = self.store_of(bucket)?;
+        Ok(self.get_values(store, vec![key]))
+    }
+
+    /// Setting `key` in `bucket`'s store, as a future like [`Self::get_later`].
+    pub(crate) fn set_later(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> BackendResult<BoxFuture<'static, BackendResult<()>>> {
+        let store = self.store_of(bucket)?;
+        Ok(self.set_values(store, vec![(key, value)]))
+    }
+
+    /// Removing `key` from `bucket`'s store, as a future like
+    /// [`Self::get_later`].
+    pub(crate) fn delete_later(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        key: String,
+    ) -> BackendResult<BoxFuture<'static, BackendResult<()>>> {
+        let store = self.store_of(bucket)?;
+        self.shared().check_key(&key)?;
+        Ok(self.shared().backend.delete_many(store, vec![key]))
+    }
+
+    /// Every key of `bucket`'s store, page by page, up to `max` (past it,
+    /// an error), as a future like [`Self::get_later`].
+    pub(crate) fn keys_later(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        max: usize,
+    ) -> BackendResult<BoxFuture<'static, BackendResult<Vec<String>>>> {
+        let store = self.store_of(bucket)?;
+        let backend = self.shared().backend.clone();
+        Ok(Box::pin(async move {
+            let mut keys = Vec::new();
+            let mut start = ListStart::Beginning;
+            loop {
+                let page = backend.list_keys(store.clone(), start, LIST_PAGE).await?;
+                keys.extend(page.keys);
+                if keys.len() > max {
+                    return Err(KeyValueError::Other(format!(
+                        "the store has more than {max} keys; list them with wasi:keyvalue's list-keys, a page at a time"
+                    )));
+                }
+                match page.next {
+                    Some(next) => start = next,
+                    None => return Ok(keys),
+                }
+            }
+        }))
+    }
+
+    /// Every key of `bucket`'s store, up to `max`.
+    pub(crate) async fn all_keys(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        max: usize,
+    ) -> BackendResult<Vec<String>> {
+        self.keys_later(bucket, max)?.await
+    }
+
+    /// Opens store `identifier`, if the component may.
+    pub(crate) fn open_bucket(&mut self, identifier: String) -> BackendResult<Resource<Bucket>> {
+        if !self.ctx.allowed_stores.contains(&identifier) {
+            return Err(KeyValueError::AccessDenied);
+        }
+        Ok(self.table.push(Bucket { store: identifier })?)
+    }
+
+    /// One page of `bucket`'s keys from `cursor` (a handle to where the last
+    /// ended), and the handle to where this one ended, if more follow.
+    async fn list_page(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        cursor: Option<u64>,
+    ) -> BackendResult<(Vec<String>, Option<u64>)> {
+        let store = self.store_of(bucket)?;
+        let start = match cursor {
+            None => ListStart::Beginning,
+            Some(id) => {
+                let mut cursors = self.shared().cursors.lock().unwrap_or_else(|e| e.into_inner());
+                cursors.take(&store, id).ok_or_else(|| {
+                    KeyValueError::Other(format!("cursor {id} is unknown or expired; list from the start"))
+                })?
+            }
+        };
+        let page = self.shared().backend.list_keys(store.clone(), start, LIST_PAGE).await?;
+        let cursor = page.next.map(|next| {
+            self.shared().cursors.lock().unwrap_or_else(|e| e.into_inner()).remember(&store, next)
+        });
+        Ok((page.keys, cursor))
     }
 
     fn shared(&self) -> &KeyValue {
@@ -329,10 +470,7 @@ impl KeyValueCtx {
 
 impl store::Host for KeyValueView<'_> {
     async fn open(&mut self, identifier: String) -> BackendResult<Resource<Bucket>> {
-        if !self.ctx.allowed_stores.contains(&identifier) {
-            return Err(KeyValueError::AccessDenied);
-        }
-        Ok(self.table.push(Bucket { store: identifier })?)
+        self.open_bucket(identifier)
     }
 
     fn convert_error(&mut self, error: KeyValueError) -> wasmtime::Result<store::Error> {
@@ -371,21 +509,8 @@ impl store::HostBucket for KeyValueView<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> BackendResult<store::KeyResponse> {
-        let store = self.store_of(&bucket)?;
-        let start = match cursor {
-            None => ListStart::Beginning,
-            Some(id) => {
-                let mut cursors = self.shared().cursors.lock().unwrap_or_else(|e| e.into_inner());
-                cursors.take(&store, id).ok_or_else(|| {
-                    KeyValueError::Other(format!("cursor {id} is unknown or expired; list from the start"))
-                })?
-            }
-        };
-        let page = self.shared().backend.list_keys(store.clone(), start, LIST_PAGE).await?;
-        let cursor = page.next.map(|next| {
-            self.shared().cursors.lock().unwrap_or_else(|e| e.into_inner()).remember(&store, next)
-        });
-        Ok(store::KeyResponse { keys: page.keys, cursor })
+        let (keys, cursor) = self.list_page(&bucket, cursor).await?;
+        Ok(store::KeyResponse { keys, cursor })
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -398,7 +523,9 @@ impl atomics::Host for KeyValueView<'_> {
     async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> BackendResult<u64> {
         let store = self.store_of(&bucket)?;
         self.shared().check_key(&key)?;
-        self.shared().backend.increment(store, key, delta).await
+        let delta = i64::try_from(delta).map_err(|_| KeyValueError::Other("increment overflows".into()))?;
+        let value = self.shared().backend.increment(store, key, delta).await?;
+        u64::try_from(value).map_err(|_| KeyValueError::Other("the counter is negative".into()))
     }
 }
 
@@ -434,7 +561,7 @@ impl batch::Host for KeyValueView<'_> {
     }
 }
 
-pub(crate) fn parse_counter(bytes: Option<&[u8]>) -> BackendResult<u64> {
+pub(crate) fn parse_counter(bytes: Option<&[u8]>) -> BackendResult<i64> {
     let Some(bytes) = bytes else { return Ok(0) };
     std::str::from_utf8(bytes)
         .ok()
@@ -442,8 +569,10 @@ pub(crate) fn parse_counter(bytes: Option<&[u8]>) -> BackendResult<u64> {
         .ok_or_else(|| KeyValueError::Other("value is not a decimal number; cannot increment".into()))
 }
 
-pub(crate) fn add(current: u64, delta: u64) -> BackendResult<u64> {
-    current.checked_add(delta).ok_or_else(|| KeyValueError::Other("increment overflows u64".into()))
+pub(crate) fn add(current: i64, delta: i64) -> BackendResult<i64> {
+    current
+        .checked_add(delta)
+        .ok_or_else(|| KeyValueError::Other("increment overflows a 64-bit counter".into()))
 }
 
 /// The error for a store that holds `max` keys already.

@@ -36,13 +36,15 @@ pub struct RedbBackend {
 struct Write {
     store: String,
     op: WriteOp,
-    reply: oneshot::Sender<BackendResult<u64>>,
+    reply: oneshot::Sender<BackendResult<i64>>,
 }
 
 enum WriteOp {
     Set(Vec<(String, Vec<u8>)>),
     Delete(Vec<String>),
-    Increment(String, u64),
+    Increment(String, i64),
+    /// Key, the value it must hold (`None`: absent), the new value.
+    CompareAndSwap(String, Option<Vec<u8>>, Vec<u8>),
 }
 
 fn table(store: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
@@ -84,7 +86,7 @@ impl RedbBackend {
         Ok(Self { db, writes: Mutex::new(Some(sender)), writer: Mutex::new(Some(writer)) })
     }
 
-    fn write(&self, store: String, op: WriteOp) -> BoxFuture<'static, BackendResult<u64>> {
+    fn write(&self, store: String, op: WriteOp) -> BoxFuture<'static, BackendResult<i64>> {
         let (reply, answer) = oneshot::channel();
         let sent = self
             .writes
@@ -158,7 +160,7 @@ fn apply_group(
     db: &::redb::Database,
     group: &[Write],
     limits: KeyValueLimits,
-) -> Result<Vec<BackendResult<u64>>, ::redb::Error> {
+) -> Result<Vec<BackendResult<i64>>, ::redb::Error> {
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(group.len());
     for write in group {
@@ -189,6 +191,20 @@ fn apply_group(
                     store.remove(key.as_str())?;
                 }
                 Ok(0)
+            }
+            WriteOp::CompareAndSwap(key, expected, value) => {
+                let current = store.get(key.as_str())?.map(|v| v.value().to_vec());
+                if current != *expected {
+                    Ok(0)
+                } else {
+                    match if current.is_none() { has_room(&store, 1)? } else { Ok(()) } {
+                        Err(error) => Err(error),
+                        Ok(()) => {
+                            store.insert(key.as_str(), value.as_slice())?;
+                            Ok(1)
+                        }
+                    }
+                }
             }
             WriteOp::Increment(key, delta) => {
                 let current = store.get(key.as_str())?.map(|v| v.value().to_vec());
@@ -276,8 +292,19 @@ impl Backend for RedbBackend {
         })
     }
 
-    fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>> {
+    fn increment(&self, store: String, key: String, delta: i64) -> BoxFuture<'static, BackendResult<i64>> {
         self.write(store, WriteOp::Increment(key, delta))
+    }
+
+    fn compare_and_swap(
+        &self,
+        store: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> BoxFuture<'static, BackendResult<bool>> {
+        let write = self.write(store, WriteOp::CompareAndSwap(key, expected, value));
+        Box::pin(async move { Ok(write.await? == 1) })
     }
 }
 
@@ -388,7 +415,7 @@ mod tests {
                     tokio::spawn(async move { backend.increment("s".into(), "k".into(), 1).await.unwrap() })
                 })
                 .collect();
-            let mut seen: Vec<u64> =
+            let mut seen: Vec<i64> =
                 futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
             seen.sort();
             assert_eq!(seen, (1..=200).collect::<Vec<_>>(), "each increment saw its own value");

@@ -65,6 +65,29 @@ static INCREMENT: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// Sets KEYS[2] to ARGV[2] if it holds ARGV[4] (ARGV[3] = "1") or is
+/// absent (ARGV[3] = "0"), keeping the count in KEYS[1] (limit ARGV[1]).
+/// Returns 1 when it set it, 0 when the value had changed.
+static COMPARE_AND_SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local current = redis.call('GET', KEYS[2])
+        if ARGV[3] == '1' then
+            if current ~= ARGV[4] then return 0 end
+        elseif current then
+            return 0
+        end
+        local limit = tonumber(ARGV[1])
+        if not current and limit > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= limit then
+            return redis.error_reply('STOREFULL')
+        end
+        redis.call('SET', KEYS[2], ARGV[2])
+        if not current then redis.call('INCR', KEYS[1]) end
+        return 1
+        ",
+    )
+});
+
 /// Key-value stores in Redis.
 pub struct RedisBackend {
     redis: Arc<SharedRedis>,
@@ -220,12 +243,10 @@ impl Backend for RedisBackend {
         })
     }
 
-    fn increment(&self, store: String, key: String, delta: u64) -> BoxFuture<'static, BackendResult<u64>> {
+    fn increment(&self, store: String, key: String, delta: i64) -> BoxFuture<'static, BackendResult<i64>> {
         let (redis, limit) = (self.redis.clone(), self.limits.max_keys_per_store);
         Box::pin(async move {
-            let delta =
-                i64::try_from(delta).map_err(|_| KeyValueError::Other("increment overflows".into()))?;
-            let value = redis
+            redis
                 .run(|mut connection| async move {
                     INCREMENT
                         .key(count_key(&store))
@@ -239,8 +260,35 @@ impl Backend for RedisBackend {
                 .map_err(|error| match &error {
                     RedisError::Failed(message) if message.contains("STOREFULL") => super::store_full(limit),
                     _ => unavailable(error),
+                })
+        })
+    }
+
+    fn compare_and_swap(
+        &self,
+        store: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> BoxFuture<'static, BackendResult<bool>> {
+        let (redis, limit) = (self.redis.clone(), self.limits.max_keys_per_store);
+        Box::pin(async move {
+            let swapped = redis
+                .run(|mut connection| async move {
+                    let mut call = COMPARE_AND_SWAP.key(count_key(&store));
+                    call.key(full_key(&store, &key)).arg(limit).arg(value);
+                    match expected {
+                        Some(expected) => call.arg("1").arg(expected),
+                        None => call.arg("0").arg(""),
+                    };
+                    call.invoke_async::<i64>(&mut connection).await
+                })
+                .await
+                .map_err(|error| match &error {
+                    RedisError::Failed(message) if message.contains("STOREFULL") => super::store_full(limit),
+                    _ => unavailable(error),
                 })?;
-            u64::try_from(value).map_err(|_| KeyValueError::Other("the counter is negative".into()))
+            Ok(swapped == 1)
         })
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod breaker;
 mod client;
+pub mod sockets;
 
 pub use client::OutboundClient;
 
@@ -86,23 +87,33 @@ impl TreeBudget {
     }
 }
 
-/// What one instance may send: a number of requests in all, a number at
-/// once (more wait their turn, holding nothing), within what its request
-/// tree has left.
+/// What one instance may send: a number of requests (and socket
+/// connections) in all, a number of requests at once (more wait their
+/// turn, holding nothing), within what its request tree has left.
 pub struct OutboundBudget {
-    sent: u32,
     max: u32,
     concurrent: u32,
     /// Made at the first request: most instances never send one.
     in_flight: Option<Arc<Semaphore>>,
-    tree: Option<Arc<TreeBudget>>,
+    spent: Arc<Spent>,
+}
+
+/// What an instance has spent of its budget, shared with its socket check.
+#[derive(Default)]
+pub struct Spent {
+    sent: AtomicU32,
+    tree: std::sync::OnceLock<Arc<TreeBudget>>,
 }
 
 impl OutboundBudget {
     /// `max` requests in all, `concurrent` at once, sharing `tree` (the
     /// request tree's budget, when the request is an `http://self` one).
     pub fn new(max: u32, concurrent: u32, tree: Option<Arc<TreeBudget>>) -> Self {
-        Self { sent: 0, max, concurrent, in_flight: None, tree }
+        let spent = Spent::default();
+        if let Some(tree) = tree {
+            let _ = spent.tree.set(tree);
+        }
+        Self { max, concurrent, in_flight: None, spent: Arc::new(spent) }
     }
 
     fn in_flight(&mut self) -> Arc<Semaphore> {
@@ -110,18 +121,33 @@ impl OutboundBudget {
         self.in_flight.get_or_insert_with(|| Arc::new(Semaphore::new(concurrent))).clone()
     }
 
+    /// The spending, for a socket check that draws on the same budget.
+    pub fn spent(&self) -> Arc<Spent> {
+        self.spent.clone()
+    }
+
     /// Takes one request from the instance's budget and its tree's, or
     /// says which is spent.
-    fn take(&mut self) -> Result<Arc<TreeBudget>, &'static str> {
-        if self.sent >= self.max {
+    fn take(&self) -> Result<Arc<TreeBudget>, &'static str> {
+        self.spent.take(self.max)
+    }
+}
+
+impl Spent {
+    /// Takes one request or connection from a budget of `max` and from the
+    /// tree's (made now, at `max`, for the tree's first), or says which is
+    /// spent.
+    pub fn take(&self, max: u32) -> Result<Arc<TreeBudget>, &'static str> {
+        let taken = self
+            .sent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |sent| (sent < max).then_some(sent + 1));
+        if taken.is_err() {
             return Err("the instance used its max_outbound_requests");
         }
-        let max = self.max;
-        let tree = self.tree.get_or_insert_with(|| Arc::new(TreeBudget::new(max))).clone();
+        let tree = self.tree.get_or_init(|| Arc::new(TreeBudget::new(max))).clone();
         if !tree.take() {
             return Err("the client request's tree of requests used its max_outbound_requests");
         }
-        self.sent += 1;
         Ok(tree)
     }
 }
