@@ -485,3 +485,64 @@ fn measure_client_limiter_memory() {
         (after - before) * 1024 / 100_000
     );
 }
+
+/// Admission by queueing delay: a closed loop of clients past one thread's
+/// capacity makes requests wait past the target for whole intervals, so
+/// some are refused at once (503, `queue_delay`), while the same server
+/// under a load it can carry refuses none.
+#[tokio::test]
+async fn admission_by_queueing_delay_sheds_a_standing_queue_and_nothing_else() {
+    let manifest = r#"
+[server]
+key_value = "memory"
+threads = 1
+max_requests_in_flight_per_client = 0
+queue_delay = { target_ms = 5, interval_ms = 20 }
+
+[[route]]
+path = "/busy"
+component = "long-running"
+
+[component.long-running]
+source = "{components}/long_running.wasm"
+"#;
+    let (server, _dir) = TestServer::start(manifest).await;
+    let metrics = &server.app.telemetry.metrics;
+    let url = server.url("/busy?mode=cpu&ms=2");
+    // One client at a time: no queue, nothing refused.
+    let client = http1_client();
+    for _ in 0..30 {
+        assert_eq!(get(&client, &url).await.status, 200);
+    }
+    assert_eq!(metrics.rejections("queue_delay"), 0);
+    // Forty clients in a closed loop for a second: 80 ms of work queued
+    // behind each arrival, against a 5 ms target.
+    let deadline = tokio::time::Instant::now() + SECOND;
+    let loops: Vec<_> = (0..40)
+        .map(|_| {
+            let (client, url) = (http1_client(), url.clone());
+            tokio::spawn(async move {
+                let (mut served, mut refused) = (0, 0);
+                while tokio::time::Instant::now() < deadline {
+                    match get(&client, &url).await.status {
+                        200 => served += 1,
+                        503 => refused += 1,
+                        other => panic!("status {other}"),
+                    }
+                }
+                (served, refused)
+            })
+        })
+        .collect();
+    let (mut served, mut refused) = (0, 0);
+    for outcome in loops {
+        let (s, r) = outcome.await.unwrap();
+        served += s;
+        refused += r;
+    }
+    assert!(served > 0, "the overloaded server still serves");
+    assert!(refused > 0, "nothing was refused");
+    assert_eq!(metrics.rejections("queue_delay"), refused, "every refusal was for queueing delay");
+    assert_eq!(metrics.rejections("overloaded"), 0);
+    server.stop().await;
+}

@@ -51,7 +51,7 @@ pub fn for_status(status: StatusCode) -> http::Response<ResponseBody> {
 pub fn rejection(rejection: &Rejection) -> http::Response<ResponseBody> {
     let status = rejection.status();
     let mut response = match rejection {
-        Rejection::Overloaded | Rejection::QueueFull => return overloaded(1),
+        Rejection::Overloaded | Rejection::QueueDelay | Rejection::QueueFull => return overloaded(1),
         Rejection::ClientOverloaded => {
             plain(status, "Service Unavailable: too many requests of yours in flight, retry later")
         }

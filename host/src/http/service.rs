@@ -15,7 +15,7 @@ use super::request_body::{BodyFault, BodyFaults, BodyPace, ClientBody};
 use super::response::{self, ResponseBody};
 use crate::App;
 use crate::capabilities::outbound::{Origin, SelfDispatch};
-use crate::policy::Rejection;
+use crate::policy::{Rejection, RequestSlots};
 use crate::runtime::invoke::{self, RequestContext};
 use crate::telemetry::record::RequestRecord;
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use http_body::Body;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit as WorkerSlot;
 
 /// Header carrying the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -244,7 +245,8 @@ where
     let deadlines = route.deadlines();
     let outcome = match &route.reuse {
         None => {
-            invoke::invoke(&app.runtime, &route.component, deadlines, context, request, (slots, worker)).await
+            invoke::invoke(&app.runtime, &route.component, deadlines, context, request, Held(slots, worker))
+                .await
         }
         Some(reuse) => invoke::invoke_reused(reuse, deadlines, request, (slots, worker)).await,
     };
@@ -263,6 +265,17 @@ where
             record.set_reason(error.to_string());
             response::for_status(error.status()).into()
         }
+    }
+}
+
+/// What a request holds while its instance lives: its admission slots and
+/// its worker, if the route has a pool (held, never read: dropping them
+/// frees them).
+struct Held(RequestSlots, #[allow(dead_code)] Option<WorkerSlot>);
+
+impl invoke::InstanceSlots for Held {
+    fn started(&mut self) {
+        self.0.started();
     }
 }
 

@@ -85,6 +85,9 @@ pub struct ServerSettings {
     pub rate_limit_store: RateLimitStore,
     /// What shared rate limits do while Redis is away. Default `local`.
     pub rate_limit_on_store_error: OnStoreError,
+    /// Admission by queueing delay, when set: `(target, interval)`. Default
+    /// off (admission by count alone).
+    pub queue_delay: Option<(Duration, Duration)>,
 }
 
 impl ServerSettings {
@@ -394,6 +397,17 @@ impl ServerSettings {
             },
             rate_limit_store: raw.rate_limit_store.unwrap_or(RateLimitStore::Local),
             rate_limit_on_store_error: raw.rate_limit_on_store_error.unwrap_or(OnStoreError::Local),
+            queue_delay: match raw.queue_delay {
+                None => None,
+                Some(q) => {
+                    let target = q.target_ms.unwrap_or(10);
+                    let interval = q.interval_ms.unwrap_or(100);
+                    if !(1..=60_000).contains(&target) || !(1..=60_000).contains(&interval) {
+                        bail!("server.queue_delay: target_ms and interval_ms must be between 1 and 60000");
+                    }
+                    Some((Duration::from_millis(target), Duration::from_millis(interval)))
+                }
+            },
             listen,
             data_dir: dir.join(raw.data_dir.unwrap_or_else(|| ".wharf".into())),
             key_value: raw.key_value.unwrap_or(KeyValueBackendKind::Redb),
@@ -543,6 +557,14 @@ pub(super) struct RawServer {
     redis_timeout_ms: Option<u64>,
     rate_limit_store: Option<RateLimitStore>,
     rate_limit_on_store_error: Option<OnStoreError>,
+    queue_delay: Option<RawQueueDelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueueDelay {
+    target_ms: Option<u64>,
+    interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod body_buffers;
 pub mod client;
+pub mod queue_delay;
 pub mod rate_limit;
 pub mod shared_rate_limit;
 pub mod workers;
@@ -48,6 +49,9 @@ pub enum Rejection {
     /// The server is serving `max_concurrent_requests` already.
     #[error("overloaded: max_concurrent_requests reached")]
     Overloaded,
+    /// This runtime thread's queue has stood above `queue_delay`'s target.
+    #[error("overloaded: requests wait longer than queue_delay's target")]
+    QueueDelay,
     /// This client has `max_requests_in_flight_per_client` in flight.
     #[error("overloaded: max_requests_in_flight_per_client reached")]
     ClientOverloaded,
@@ -82,7 +86,9 @@ impl Rejection {
         match self {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Overloaded | Self::ClientOverloaded | Self::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::QueueDelay | Self::ClientOverloaded | Self::QueueFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -98,6 +104,7 @@ impl Rejection {
             Self::RateLimited { .. } => "rate_limited_route",
             Self::Unauthorized => "unauthorized",
             Self::Overloaded => "overloaded",
+            Self::QueueDelay => "queue_delay",
             Self::ClientOverloaded => "client_overloaded",
             Self::QueueFull => "queue_full",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -111,7 +118,9 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } => Some(*retry_after),
-            Self::Overloaded | Self::ClientOverloaded | Self::QueueFull => Some(Duration::from_secs(1)),
+            Self::Overloaded | Self::QueueDelay | Self::ClientOverloaded | Self::QueueFull => {
+                Some(Duration::from_secs(1))
+            }
             Self::Unauthorized
             | Self::BodyTooLarge { .. }
             | Self::BodyTimeout
@@ -145,6 +154,8 @@ pub struct Admission {
     pub shared_buckets: Option<Arc<SharedBuckets>>,
     /// The budget of request bodies read ahead of admission.
     pub body_buffers: Arc<BodyBuffers>,
+    /// Admission by queueing delay, when on.
+    queue_delay: Option<queue_delay::QueueDelaySpec>,
 }
 
 /// Why a connection was refused at accept.
@@ -177,6 +188,16 @@ pub struct ConnectionSlots {
 pub struct RequestSlots {
     _server: OwnedSemaphorePermit,
     _client: ClientSlot,
+    queued: Option<queue_delay::Queued>,
+}
+
+impl RequestSlots {
+    /// The request's instance starts now (its wait in the queue is over).
+    pub fn started(&mut self) {
+        if let Some(queued) = &mut self.queued {
+            queued.started();
+        }
+    }
 }
 
 impl Admission {
@@ -206,6 +227,9 @@ impl Admission {
                 .map(|spec| Bucket::new(spec, "global", "", shared_buckets.as_ref())),
             client_limit,
             shared_buckets,
+            queue_delay: settings
+                .queue_delay
+                .map(|(target, interval)| queue_delay::QueueDelaySpec { target, interval }),
             body_buffers: Arc::new(BodyBuffers::new(
                 settings.request_body.max_memory_bytes,
                 settings.data_dir.join("tmp"),
@@ -229,9 +253,13 @@ impl Admission {
     /// A slot under `max_requests_in_flight_per_client` for `client` and
     /// one under `max_concurrent_requests`, without waiting.
     pub fn try_admit(&self, client: IpAddr) -> Result<RequestSlots, Rejection> {
+        let queued = match self.queue_delay {
+            None => None,
+            Some(spec) => Some(queue_delay::admit(spec).ok_or(Rejection::QueueDelay)?),
+        };
         let client = self.in_flight_per_client.try_acquire(client).ok_or(Rejection::ClientOverloaded)?;
         let server = self.permits.clone().try_acquire_owned().map_err(|_| Rejection::Overloaded)?;
-        Ok(RequestSlots { _server: server, _client: client })
+        Ok(RequestSlots { _server: server, _client: client, queued })
     }
 
     /// Requests holding a slot now.

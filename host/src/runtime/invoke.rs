@@ -154,6 +154,15 @@ fn phase_name(phase: u8) -> &'static str {
     }
 }
 
+/// What a request holds while its instance lives (admission permits, a
+/// worker slot), told when the instance starts.
+pub trait InstanceSlots: Send + 'static {
+    /// The instance starts now.
+    fn started(&mut self) {}
+}
+
+impl InstanceSlots for () {}
+
 /// Runs `component` on `request` and returns its response, or the error
 /// explaining why there is none. `slots` (admission permits, a worker
 /// slot) live exactly as long as the instance.
@@ -163,7 +172,7 @@ pub async fn invoke<B>(
     deadlines: Deadlines,
     context: RequestContext,
     request: http::Request<B>,
-    slots: impl Send + 'static,
+    mut slots: impl InstanceSlots,
 ) -> Result<http::Response<GuestBody>, InvokeError>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -178,6 +187,7 @@ where
     let task = tokio::spawn(async move {
         // Declared first, dropped last: the slots are free only once the
         // instance is gone, so a new request never meets a full pool.
+        slots.started();
         let _slots = slots;
         // The store is made when the thread gets to the request, not when
         // it reads it: requests queued behind others hold no instance state,
