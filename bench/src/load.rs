@@ -7,40 +7,54 @@ use anyhow::{Context, Result};
 use std::process::Command;
 
 /// CPU seconds (user + system) the process has used.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = stat.rsplit_once(')').context("stat format")?.1.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     Ok(ticks / 100.0)
 }
 
-fn status_kib(pid: u32, field: &str) -> Result<f64> {
+pub(crate) fn status_kib(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
-pub fn measure(server: &Server, workload: Workload, concurrency: usize, seconds: u64) -> Result<Cell> {
+/// The machine's CPU time so far, all cores, from `/proc/stat`: (steal,
+/// total), in ticks.
+pub(crate) fn machine_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let total = ticks.iter().take(8).sum();
+    Ok((ticks.get(7).copied().unwrap_or(0), total))
+}
+
+pub fn measure(
+    server: &Server,
+    workload: Workload,
+    concurrency: usize,
+    seconds: u64,
+    rep: usize,
+) -> Result<Cell> {
     let pid = server.child.id();
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5"); // reset peak RSS
     let idle_rss = status_kib(pid, "VmRSS:")?;
     let cpu_before = cpu_seconds(pid)?;
+    let machine_before = machine_ticks()?;
     let path = server.path(workload);
-    // Pinned: the server has core 0, the load generator core 1.
-    let (mut command, threads) = if server.pinned {
-        let mut command = Command::new("taskset");
-        command.args(["-c", "1", "wrk"]);
-        (command, 1)
-    } else {
-        (Command::new("wrk"), concurrency.clamp(1, 2))
-    };
-    let output = command
-        .args(["--latency", "-t", &threads.to_string(), "-c", &concurrency.to_string()])
-        .args(["-d", &format!("{seconds}s"), "--timeout", "10s"])
-        .arg(format!("http://{}{}", server.addr, path))
-        .env_remove("RUST_BACKTRACE")
-        .output()?;
+    // Pinned: the server has core 0, the load generator core 1. wrk needs a
+    // descriptor per connection.
+    let (pin, threads) = if server.pinned { ("taskset -c 1 ", 1) } else { ("", concurrency.clamp(1, 2)) };
+    let script = format!(
+        "ulimit -n 65536 2>/dev/null; exec {pin}wrk --latency -t {threads} -c {concurrency} -d {seconds}s --timeout 10s http://{}{path}",
+        server.addr
+    );
+    let output = Command::new("sh").arg("-c").arg(script).env_remove("RUST_BACKTRACE").output()?;
     let cpu = cpu_seconds(pid)? - cpu_before;
+    let machine_after = machine_ticks()?;
+    let (steal, total) = (machine_after.0 - machine_before.0, machine_after.1 - machine_before.1);
     let peak_rss = status_kib(pid, "VmHWM:")?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     anyhow::ensure!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
@@ -48,6 +62,8 @@ pub fn measure(server: &Server, workload: Workload, concurrency: usize, seconds:
     let ok = wrk.requests.saturating_sub(wrk.non_2xx);
     Ok(Cell {
         server: server.name.clone(),
+        rep,
+        steal_pct: if total > 0 { steal as f64 * 100.0 / total as f64 } else { 0.0 },
         pinned: server.pinned,
         workload,
         concurrency,
@@ -59,6 +75,8 @@ pub fn measure(server: &Server, workload: Workload, concurrency: usize, seconds:
         cpu_cores: cpu / wrk.seconds,
         peak_rss_mib: peak_rss / 1024.0,
         idle_rss_mib: idle_rss / 1024.0,
+        refused_share: if wrk.requests > 0 { wrk.non_2xx as f64 / wrk.requests as f64 } else { 0.0 },
+        ok_p99_ms: wrk.p99_ms,
     })
 }
 

@@ -4,14 +4,20 @@
 //! under the same load generator (`wrk`), reported as ratios because the
 //! machines we run on are shared and noisy.
 //!
-//! `cargo run --release -p wharf-bench -- --quick` (3 s a cell) or `--full`
-//! (10 s a cell). It builds the components and the `wharf` binary in release
-//! mode, starts each server as its own process and measures hello, the
-//! counter on each store (memory, redb, and Redis when `redis-server` is on
-//! PATH), sleep-100 ms, a WASI 0.3 hello (fresh and reused instances), and
-//! a pinned one-core comparison: successful requests/s, p50, p99, errors,
-//! server CPU per request, peak RSS. It prints a Markdown report with the
-//! performance targets, and saves it under `bench/results/` with an SVG
+//! `cargo run --release -p wharf-bench -- --quick` (3 s a cell, once) or
+//! `--full` (5 s a cell, three times). It builds the components, the
+//! interpreted guests it can (Python, JavaScript) and the `wharf` binary in
+//! release mode, starts every server as its own process, and measures each
+//! cell (a workload at a concurrency on a server) `--repeats` times,
+//! interleaved: every server's repetition i before any server's i+1, so
+//! that drift in the machine moves all servers alike. Hello, the counter on
+//! each store (memory, redb, and Redis when `redis-server` is on PATH),
+//! sleep-100 ms, a WASI 0.3 hello (fresh and reused), a Spin app's hello,
+//! overload (admission by count and by queueing delay), Python and
+//! JavaScript hellos, and a pinned one-core comparison: successful
+//! requests/s, p50, p99, errors, server CPU per request, peak RSS, the
+//! machine's steal time. It prints a Markdown report (medians and spreads,
+//! the performance targets) and saves it under `bench/results/` with an SVG
 //! plot. `--before PATH` runs an earlier `wharf` binary beside this one.
 //!
 //! `wharf-bench native --port N` is the native baseline on its own.
@@ -21,6 +27,8 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod closed_loop;
+mod guests;
 mod load;
 mod native;
 mod plot;
@@ -37,15 +45,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(about = "Benchmark Wharf against a native hyper server and wasmtime serve")]
 struct Cli {
-    /// 3 seconds a cell.
+    /// 3 seconds a cell, once.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
-    /// 10 seconds a cell.
+    /// 5 seconds a cell, three times.
     #[arg(long)]
     full: bool,
     /// Seconds a cell (overrides --quick/--full).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Times each cell is measured (overrides --quick/--full).
+    #[arg(long)]
+    repeats: Option<usize>,
     /// Only workloads whose name starts with one of these, comma-separated
     /// (hello, counter, sleep, hello-p3, ...).
     #[arg(long, value_delimiter = ',')]
@@ -87,7 +98,8 @@ fn main() -> Result<()> {
     if let Some(Sub::Native { port }) = cli.command {
         return native::serve(port);
     }
-    let seconds = cli.seconds.unwrap_or(if cli.full { 10 } else { 3 });
+    let seconds = cli.seconds.unwrap_or(if cli.full { 5 } else { 3 });
+    let repeats = cli.repeats.unwrap_or(if cli.full { 3 } else { 1 }).max(1);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
     ensure_wrk()?;
     build(&root)?;
@@ -130,12 +142,43 @@ fn main() -> Result<()> {
         args.extend(extra.iter().map(|a| a.to_string()));
         servers::wharf(name, binary, &root, manifest, &args, workloads, pinned)
     };
+    let guests = guests::build(&root, &mut notes);
     for (name, binary) in &wharf_builds {
-        let mut workloads = vec![Workload::Hello, Workload::CounterMemory, Workload::Sleep];
+        let mut workloads =
+            vec![Workload::Hello, Workload::CounterMemory, Workload::Sleep, Workload::Overload];
         if *name == "wharf" {
-            workloads.extend([Workload::HelloP3, Workload::HelloP3Reuse]);
+            workloads.extend([Workload::HelloP3, Workload::HelloP3Reuse, Workload::SpinHello]);
         }
         launches.push(wharf(name, binary, "wharf-bench.toml", &[], workloads, false)?);
+        launches.push(wharf(
+            &format!("{name}-delay"),
+            binary,
+            "wharf-bench-delay.toml",
+            &[],
+            vec![Workload::Overload],
+            false,
+        )?);
+        if *name == "wharf" {
+            launches.push(wharf(
+                "wharf-spin",
+                binary,
+                "spin-app/spin.toml",
+                &[],
+                vec![Workload::SpinHello],
+                false,
+            )?);
+            if let Some(manifest) = &guests.manifest {
+                let manifest = manifest.display().to_string();
+                launches.push(wharf(
+                    "wharf-guests",
+                    binary,
+                    &manifest,
+                    &[],
+                    guests.wharf_workloads(),
+                    false,
+                )?);
+            }
+        }
         let redb = vec![Workload::CounterRedb];
         launches.push(wharf(
             &format!("{name}-redb"),
@@ -169,6 +212,16 @@ fn main() -> Result<()> {
             launches.push(servers::wasmtime("wasmtime", wasmtime, &hello, false, false, false));
             launches.push(servers::wasmtime("wasmtime-tuned", wasmtime, &hello, true, false, false));
             launches.push(servers::wasmtime("wasmtime-p3", wasmtime, &hello_p3, false, true, false));
+            for (name, component, workload) in guests.wasmtime_targets() {
+                launches.push(Launch {
+                    workloads: vec![workload],
+                    ..servers::wasmtime(&name, wasmtime, &component, false, false, false)
+                });
+                launches.push(Launch {
+                    workloads: vec![workload],
+                    ..servers::wasmtime(&format!("{name}-tuned"), wasmtime, &component, true, false, false)
+                });
+            }
         }
         None => notes.push(
             "wasmtime serve: not measured (no `wasmtime` on PATH; `cargo install wasmtime-cli --version 48.0.8`)".into(),
@@ -192,7 +245,9 @@ fn main() -> Result<()> {
         }
     }
 
-    let mut cells: Vec<Cell> = Vec::new();
+    // Every server runs at once (idle while another is measured), so that
+    // each cell's repetitions can be interleaved with the other servers'.
+    let mut servers = Vec::new();
     for launch in launches.iter().filter(|l| wanted_server(&l.name)) {
         let workloads: Vec<Workload> =
             launch.workloads.iter().copied().filter(|w| wanted_workload(*w)).collect();
@@ -207,30 +262,62 @@ fn main() -> Result<()> {
         {
             notes.push(format!("wharf's instance pool (from /healthz): {pool}"));
         }
-        for workload in workloads {
-            let levels = if server.pinned { vec![100] } else { concurrency(workload) };
+        servers.push((server, workloads));
+    }
+    // The cells in measuring order: by workload and concurrency, every
+    // server's at that point side by side.
+    let mut plan: Vec<(usize, Workload, usize)> = Vec::new();
+    for workload in Workload::ALL {
+        for pinned in [false, true] {
+            let mut levels: Vec<usize> = servers
+                .iter()
+                .filter(|(s, w)| s.pinned == pinned && w.contains(&workload))
+                .flat_map(|(s, _)| if s.pinned { vec![100] } else { concurrency(workload) })
+                .collect();
+            levels.sort_unstable();
+            levels.dedup();
             for c in levels {
-                let cell = load::measure(&server, workload, c, seconds)?;
-                eprintln!(
-                    "   {:<24} c={:<5} {:>9.0} ok/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>6}  cpu {:>6.1} us/req  peak rss {:>6.1} MiB",
-                    workload.name(),
-                    c,
-                    cell.ok_per_sec,
-                    cell.p50_ms,
-                    cell.p99_ms,
-                    cell.errors,
-                    cell.cpu_us_per_req,
-                    cell.peak_rss_mib
-                );
-                cells.push(cell);
+                for (index, (server, workloads)) in servers.iter().enumerate() {
+                    if server.pinned == pinned && workloads.contains(&workload) {
+                        plan.push((index, workload, c));
+                    }
+                }
             }
         }
     }
+    let mut cells: Vec<Cell> = Vec::new();
+    for rep in 0..repeats {
+        eprintln!("-- repetition {} of {repeats}", rep + 1);
+        for &(index, workload, c) in &plan {
+            let server = &servers[index].0;
+            let cell = if workload == Workload::Overload {
+                closed_loop::measure(server, workload, c, seconds, rep)?
+            } else {
+                load::measure(server, workload, c, seconds, rep)?
+            };
+            eprintln!(
+                "   {:<24} c={:<5} {:<28} {:>9.0} ok/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {:>6}  cpu {:>6.1} us/req  rss {:>6.1} MiB  steal {:>4.1}%",
+                workload.name(),
+                c,
+                format!("{}{}", server.name, if server.pinned { " (pinned)" } else { "" }),
+                cell.ok_per_sec,
+                cell.p50_ms,
+                cell.p99_ms,
+                cell.errors,
+                cell.cpu_us_per_req,
+                cell.peak_rss_mib,
+                cell.steal_pct
+            );
+            cells.push(cell);
+        }
+    }
+    drop(servers);
     drop(redis);
 
     let info = report::RunInfo {
         title: format!("Wharf benchmark, {} ({})", today(), commit(&root)),
         seconds,
+        repeats,
         notes,
     };
     let report = report::render(&cells, &info);
@@ -240,9 +327,10 @@ fn main() -> Result<()> {
         let dir = root.join("bench/results");
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(format!("{stamp}.md")), &report)?;
-        plot::write(&cells, &dir.join(format!("{stamp}.svg")))?;
+        let medians = report::medians(&cells);
+        plot::write(&medians, &dir.join(format!("{stamp}.svg")))?;
         std::fs::write(dir.join("latest.md"), &report)?;
-        plot::write(&cells, &dir.join("latest.svg"))?;
+        plot::write(&medians, &dir.join("latest.svg"))?;
         eprintln!("saved bench/results/{stamp}.md and .svg (and latest.*)");
     }
     Ok(())

@@ -55,7 +55,7 @@ pub fn write(cells: &[Cell], path: &Path) -> Result<()> {
                 .margin(10)
                 .x_label_area_size(30)
                 .y_label_area_size(60)
-                .build_cartesian_2d((1f64..2000f64).log_scale(), 0f64..max)
+                .build_cartesian_2d((1f64..6000f64).log_scale(), 0f64..max)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             chart.configure_mesh().x_desc("concurrency").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
             for (i, server) in servers.iter().enumerate() {

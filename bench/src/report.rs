@@ -1,6 +1,9 @@
-//! The Markdown report: the machine and what it offered, every cell, and
-//! the performance targets computed from the cells (before and after, when
-//! an earlier build ran beside this one).
+//! The Markdown report: the machine and what it offered, every cell as the
+//! median of its repetitions with their spread, and the performance
+//! targets computed from the cells (before and after, when an earlier build
+//! ran beside this one). Ratios pair the repetitions of two servers that
+//! ran side by side in time, so their spread says how far the machine's
+//! noise moved them.
 
 use crate::workload::{Cell, Workload};
 use std::fmt::Write as _;
@@ -9,7 +12,86 @@ use std::fmt::Write as _;
 pub struct RunInfo {
     pub title: String,
     pub seconds: u64,
+    pub repeats: usize,
     pub notes: Vec<String>,
+}
+
+/// A steal share above this marks a cell: the machine took CPU away.
+const STEAL_MARK_PCT: f64 = 2.0;
+
+/// The repetitions of one (server, pinned, workload, concurrency).
+pub struct Row<'a> {
+    pub reps: Vec<&'a Cell>,
+}
+
+impl Row<'_> {
+    fn first(&self) -> &Cell {
+        self.reps[0]
+    }
+
+    fn values(&self, f: impl Fn(&Cell) -> f64) -> Vec<f64> {
+        self.reps.iter().map(|c| f(c)).collect()
+    }
+
+    /// The median cell: each figure the median of its repetitions.
+    pub fn median(&self) -> Cell {
+        let mut cell = self.first().clone();
+        cell.ok_per_sec = median(&self.values(|c| c.ok_per_sec));
+        cell.p50_ms = median(&self.values(|c| c.p50_ms));
+        cell.p99_ms = median(&self.values(|c| c.p99_ms));
+        cell.cpu_us_per_req = median(&self.values(|c| c.cpu_us_per_req));
+        cell.cpu_cores = median(&self.values(|c| c.cpu_cores));
+        cell.peak_rss_mib = self.values(|c| c.peak_rss_mib).into_iter().fold(0.0, f64::max);
+        cell.idle_rss_mib = median(&self.values(|c| c.idle_rss_mib));
+        cell.steal_pct = self.values(|c| c.steal_pct).into_iter().fold(0.0, f64::max);
+        cell.errors = self.reps.iter().map(|c| c.errors).sum();
+        cell.refused_share = median(&self.values(|c| c.refused_share));
+        cell.ok_p99_ms = median(&self.values(|c| c.ok_p99_ms));
+        cell
+    }
+}
+
+/// The cells grouped by what they measured, in the order first measured.
+pub fn rows(cells: &[Cell]) -> Vec<Row<'_>> {
+    let mut rows: Vec<Row> = Vec::new();
+    for cell in cells {
+        let same = |r: &&mut Row| {
+            let f = r.first();
+            f.server == cell.server
+                && f.pinned == cell.pinned
+                && f.workload == cell.workload
+                && f.concurrency == cell.concurrency
+        };
+        match rows.iter_mut().find(|r| same(r)) {
+            Some(row) => row.reps.push(cell),
+            None => rows.push(Row { reps: vec![cell] }),
+        }
+    }
+    rows
+}
+
+/// Each row's median cell (what the plot shows).
+pub fn medians(cells: &[Cell]) -> Vec<Cell> {
+    rows(cells).iter().map(Row::median).collect()
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn spread(values: &[f64], decimals: usize) -> String {
+    if values.len() < 2 {
+        return String::new();
+    }
+    let (min, max) =
+        values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+    format!(" ({min:.decimals$}-{max:.decimals$})")
 }
 
 pub fn render(cells: &[Cell], info: &RunInfo) -> String {
@@ -18,71 +100,121 @@ pub fn render(cells: &[Cell], info: &RunInfo) -> String {
     let _ = writeln!(out, "- machine: {} cores, {}, kernel {}", cores(), cpu_model(), kernel());
     let _ = writeln!(
         out,
-        "- load: wrk on the same cores, {} s a cell, keep-alive; `pinned` rows: server on core 0, wrk on core 1",
-        info.seconds
+        "- load: wrk on the same cores, {} s a cell, keep-alive; each cell {} times, interleaved across servers \
+         (every server's repetition i ran before any server's i+1); `pinned` rows: server on core 0, wrk on core 1",
+        info.seconds, info.repeats
     );
     for note in &info.notes {
         let _ = writeln!(out, "- {note}");
     }
     let _ = writeln!(
         out,
-        "- ok/s counts successful responses only; errors = non-2xx + socket errors; CPU is the server process's user+system time\n"
+        "- figures are medians of the repetitions, (min-max) beside them; ratios pair repetitions that ran side by \
+         side; ok/s counts successful responses only; errors = non-2xx + socket errors (all repetitions); CPU is \
+         the server process's user+system time; steal is the machine's, {STEAL_MARK_PCT}% or more marked !\n"
     );
     table(&mut out, cells);
+    overload(&mut out, cells);
     targets(&mut out, cells);
     out
 }
 
+/// Paired ratios of `row` over `other`, repetition by repetition.
+fn paired(row: &Row, other: &Row, f: impl Fn(&Cell) -> f64) -> Vec<f64> {
+    row.reps
+        .iter()
+        .filter_map(|a| {
+            let b = other.reps.iter().find(|b| b.rep == a.rep)?;
+            (f(b) > 0.0).then(|| f(a) / f(b))
+        })
+        .collect()
+}
+
 fn table(out: &mut String, cells: &[Cell]) {
+    let rows = rows(cells);
     let _ = writeln!(
         out,
-        "| workload | c | server | ok/s | p50 ms | p99 ms | errors | server CPU us/req | CPU cores | peak RSS MiB | vs native | vs wasmtime serve |"
+        "| workload | c | server | ok/s | p50 ms | p99 ms | errors | server CPU us/req | CPU cores | peak RSS MiB | steal % | vs native | vs wasmtime serve |"
     );
-    let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for cell in cells {
+    let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let cell = row.median();
         let find = |prefix: &str| {
-            cells.iter().find(|c| {
+            rows.iter().find(|r| {
+                let c = r.first();
                 c.server.starts_with(prefix)
                     && c.pinned == cell.pinned
                     && cell.workload.comparable(c.workload)
                     && c.concurrency == cell.concurrency
             })
         };
-        let ratio = |other: Option<&Cell>| {
-            other
-                .filter(|o| o.ok_per_sec > 0.0 && cell.server.starts_with("wharf"))
-                .map_or(String::new(), |o| format!("{:.2}x", cell.ok_per_sec / o.ok_per_sec))
+        let ratio = |other: Option<&Row>| match other {
+            Some(other) if cell.server.starts_with("wharf") => {
+                let ratios = paired(row, other, |c| c.ok_per_sec);
+                if ratios.is_empty() {
+                    String::new()
+                } else {
+                    format!("{:.2}x{}", median(&ratios), spread(&ratios, 2))
+                }
+            }
+            _ => String::new(),
         };
         let peer = find("wasmtime-tuned").or_else(|| find("wasmtime"));
         let _ = writeln!(
             out,
-            "| {} | {} | {}{} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.2} | {:.1} | {} | {} |",
+            "| {} | {} | {}{} | {:.0}{} | {:.2} | {:.2}{} | {} | {:.1}{} | {:.2} | {:.1} | {:.1}{} | {} | {} |",
             cell.workload.name(),
             cell.concurrency,
             cell.server,
             if cell.pinned { " (pinned)" } else { "" },
             cell.ok_per_sec,
+            spread(&row.values(|c| c.ok_per_sec), 0),
             cell.p50_ms,
             cell.p99_ms,
+            spread(&row.values(|c| c.p99_ms), 2),
             cell.errors,
             cell.cpu_us_per_req,
+            spread(&row.values(|c| c.cpu_us_per_req), 1),
             cell.cpu_cores,
             cell.peak_rss_mib,
+            cell.steal_pct,
+            if cell.steal_pct >= STEAL_MARK_PCT { " !" } else { "" },
             ratio(find("native")),
             ratio(peer),
         );
     }
 }
 
-/// Which server a target reads, relative to the Wharf build it is for.
-#[derive(Clone, Copy)]
-enum Who {
-    /// The build itself (`wharf` or `wharf-before`).
-    Build,
-    /// The build on redb (`<build>-redb`).
-    BuildRedb,
-    Native,
-    WasmtimeTuned,
+/// The overload cells: what was served, how fast, and what was refused.
+fn overload(out: &mut String, cells: &[Cell]) {
+    let rows: Vec<Row> =
+        rows(cells).into_iter().filter(|r| r.first().workload == Workload::Overload).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Overload\n\nHello far past capacity, by a closed-loop client of ours (wrk cannot tell the latency of \
+         the served from the refused): each connection sends its next request when the last is answered.\n"
+    );
+    let _ = writeln!(out, "| c | server | served/s | p99 of served ms | refused | refused/s |");
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|");
+    for row in &rows {
+        let cell = row.median();
+        let refused_per_sec = cell.ok_per_sec * cell.refused_share / (1.0 - cell.refused_share).max(1e-9);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0}{} | {:.2}{} | {:.1}% | {:.0} |",
+            cell.concurrency,
+            cell.server,
+            cell.ok_per_sec,
+            spread(&row.values(|c| c.ok_per_sec), 0),
+            cell.ok_p99_ms,
+            spread(&row.values(|c| c.ok_p99_ms), 2),
+            cell.refused_share * 100.0,
+            refused_per_sec,
+        );
+    }
 }
 
 /// What a target reads from a cell.
@@ -90,33 +222,38 @@ enum Who {
 enum Measure {
     Rate,
     P99,
+    OkP99,
     Cpu,
     KibInFlight,
 }
 
-/// One cell's figure: whose, which workload, at what concurrency, pinned
-/// or not, and which measure.
+/// One figure: whose (a server name, `{build}` standing for the Wharf build
+/// the column is for), which workload, at what concurrency, pinned or not,
+/// and which measure.
 #[derive(Clone, Copy)]
-struct Figure(Who, Workload, usize, bool, Measure);
+struct Figure(&'static str, Workload, usize, bool, Measure);
 
 impl Figure {
-    fn read(self, cells: &[Cell], build: &str) -> Option<f64> {
+    /// The figure in each repetition: (rep, value).
+    fn read(self, cells: &[Cell], build: &str) -> Vec<(usize, f64)> {
         let Figure(who, workload, c, pinned, measure) = self;
-        let server = match who {
-            Who::Build => build.to_string(),
-            Who::BuildRedb => format!("{build}-redb"),
-            Who::Native => "native".into(),
-            Who::WasmtimeTuned => "wasmtime-tuned".into(),
-        };
-        let cell = cells.iter().find(|x| {
-            x.server == server && x.workload == workload && x.concurrency == c && x.pinned == pinned
-        })?;
-        Some(match measure {
-            Measure::Rate => cell.ok_per_sec,
-            Measure::P99 => cell.p99_ms,
-            Measure::Cpu => cell.cpu_us_per_req,
-            Measure::KibInFlight => cell.kib_per_request_in_flight(),
-        })
+        let server = who.replace("{build}", build);
+        cells
+            .iter()
+            .filter(|x| {
+                x.server == server && x.workload == workload && x.concurrency == c && x.pinned == pinned
+            })
+            .map(|cell| {
+                let value = match measure {
+                    Measure::Rate => cell.ok_per_sec,
+                    Measure::P99 => cell.p99_ms,
+                    Measure::OkP99 => cell.ok_p99_ms,
+                    Measure::Cpu => cell.cpu_us_per_req,
+                    Measure::KibInFlight => cell.kib_per_request_in_flight(),
+                };
+                (cell.rep, value)
+            })
+            .collect()
     }
 }
 
@@ -130,89 +267,169 @@ struct Target {
 }
 
 impl Target {
-    fn value(&self, cells: &[Cell], build: &str) -> Option<f64> {
-        let value = self.figure.read(cells, build)?;
+    /// The value in each repetition (ratios paired by repetition).
+    fn values(&self, cells: &[Cell], build: &str) -> Vec<f64> {
+        let values = self.figure.read(cells, build);
         match self.over {
-            Some(over) => Some(value / over.read(cells, build)?),
-            None => Some(value),
+            None => values.into_iter().map(|(_, v)| v).collect(),
+            Some(over) => {
+                let over = over.read(cells, build);
+                values
+                    .into_iter()
+                    .filter_map(|(rep, v)| {
+                        let o = over.iter().find(|(r, _)| *r == rep)?.1;
+                        (o > 0.0).then(|| v / o)
+                    })
+                    .collect()
+            }
         }
+    }
+
+    fn value(&self, cells: &[Cell], build: &str) -> Option<f64> {
+        let values = self.values(cells, build);
+        (!values.is_empty()).then(|| median(&values))
     }
 }
 
-use Measure::{Cpu, KibInFlight, P99, Rate};
-use Who::{Build, BuildRedb, Native, WasmtimeTuned};
-use Workload::{CounterMemory, CounterRedb, Hello, Sleep};
+use Measure::{Cpu, KibInFlight, OkP99, P99, Rate};
+use Workload::{
+    CounterMemory, CounterRedb, Hello, HelloP3, HelloP3Reuse, JsHello, Overload, PythonHello,
+    PythonHelloReuse, Sleep, SpinHello,
+};
 
-const TARGETS: [Target; 10] = [
+const TARGETS: [Target; 19] = [
     Target {
         what: "counter c=100: redb rate / in-memory rate",
         goal: ">= 0.50",
-        figure: Figure(BuildRedb, CounterRedb, 100, false, Rate),
-        over: Some(Figure(Build, CounterMemory, 100, false, Rate)),
+        figure: Figure("{build}-redb", CounterRedb, 100, false, Rate),
+        over: Some(Figure("{build}", CounterMemory, 100, false, Rate)),
         unit: "x",
     },
     Target {
         what: "counter c=100: redb p99 / in-memory p99",
         goal: "<= 2.0",
-        figure: Figure(BuildRedb, CounterRedb, 100, false, P99),
-        over: Some(Figure(Build, CounterMemory, 100, false, P99)),
+        figure: Figure("{build}-redb", CounterRedb, 100, false, P99),
+        over: Some(Figure("{build}", CounterMemory, 100, false, P99)),
         unit: "x",
     },
     Target {
         what: "hello: rate at c=1000 / rate at c=100",
         goal: ">= 0.90",
-        figure: Figure(Build, Hello, 1000, false, Rate),
-        over: Some(Figure(Build, Hello, 100, false, Rate)),
+        figure: Figure("{build}", Hello, 1000, false, Rate),
+        over: Some(Figure("{build}", Hello, 100, false, Rate)),
         unit: "x",
     },
     Target {
         what: "hello c=1000: p99 / native p99",
         goal: "<= 2.0",
-        figure: Figure(Build, Hello, 1000, false, P99),
-        over: Some(Figure(Native, Hello, 1000, false, P99)),
+        figure: Figure("{build}", Hello, 1000, false, P99),
+        over: Some(Figure("native", Hello, 1000, false, P99)),
         unit: "x",
     },
     Target {
         what: "pinned hello c=100: CPU per request",
-        goal: "<= 25 us",
-        figure: Figure(Build, Hello, 100, true, Cpu),
+        goal: "<= 30 us",
+        figure: Figure("{build}", Hello, 100, true, Cpu),
         over: None,
         unit: " us",
     },
     Target {
         what: "pinned hello c=100: rate / tuned wasmtime serve",
         goal: ">= 2.0",
-        figure: Figure(Build, Hello, 100, true, Rate),
-        over: Some(Figure(WasmtimeTuned, Hello, 100, true, Rate)),
+        figure: Figure("{build}", Hello, 100, true, Rate),
+        over: Some(Figure("wasmtime-tuned", Hello, 100, true, Rate)),
+        unit: "x",
+    },
+    Target {
+        what: "WASI 0.3 hello c=100, reused: rate / wasmtime serve (its defaults)",
+        goal: ">= 1.5",
+        figure: Figure("{build}", HelloP3Reuse, 100, false, Rate),
+        over: Some(Figure("wasmtime-p3", HelloP3, 100, false, Rate)),
+        unit: "x",
+    },
+    Target {
+        what: "WASI 0.3 hello c=100, fresh: rate / wasmtime serve (its defaults)",
+        goal: ">= 1.0",
+        figure: Figure("{build}", HelloP3, 100, false, Rate),
+        over: Some(Figure("wasmtime-p3", HelloP3, 100, false, Rate)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: rate / native",
-        goal: ">= 0.98",
-        figure: Figure(Build, Sleep, 2000, false, Rate),
-        over: Some(Figure(Native, Sleep, 2000, false, Rate)),
+        goal: ">= 0.95",
+        figure: Figure("{build}", Sleep, 2000, false, Rate),
+        over: Some(Figure("native", Sleep, 2000, false, Rate)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: p99 / native p99",
-        goal: "<= 1.2",
-        figure: Figure(Build, Sleep, 2000, false, P99),
-        over: Some(Figure(Native, Sleep, 2000, false, P99)),
+        goal: "<= 1.5",
+        figure: Figure("{build}", Sleep, 2000, false, P99),
+        over: Some(Figure("native", Sleep, 2000, false, P99)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: CPU per request / hello's (c=1000)",
         goal: "<= 1.5",
-        figure: Figure(Build, Sleep, 2000, false, Cpu),
-        over: Some(Figure(Build, Hello, 1000, false, Cpu)),
+        figure: Figure("{build}", Sleep, 2000, false, Cpu),
+        over: Some(Figure("{build}", Hello, 1000, false, Cpu)),
         unit: "x",
     },
     Target {
         what: "sleep c=2000: memory per request in flight",
         goal: "<= 48 KiB",
-        figure: Figure(Build, Sleep, 2000, false, KibInFlight),
+        figure: Figure("{build}", Sleep, 2000, false, KibInFlight),
         over: None,
         unit: " KiB",
+    },
+    Target {
+        what: "overload c=5000, by delay: p99 of served",
+        goal: "near the 10 ms target",
+        figure: Figure("{build}-delay", Overload, 5000, false, OkP99),
+        over: None,
+        unit: " ms",
+    },
+    Target {
+        what: "overload c=5000: served rate by delay / by count",
+        goal: ">= 0.9",
+        figure: Figure("{build}-delay", Overload, 5000, false, Rate),
+        over: Some(Figure("{build}", Overload, 5000, false, Rate)),
+        unit: "x",
+    },
+    Target {
+        what: "Spin hello c=100: rate from spin.toml / from wharf.toml",
+        goal: ">= 0.95",
+        figure: Figure("{build}-spin", SpinHello, 100, false, Rate),
+        over: Some(Figure("{build}", SpinHello, 100, false, Rate)),
+        unit: "x",
+    },
+    Target {
+        what: "Python hello c=10, fresh: rate / wasmtime serve (tuned)",
+        goal: ">= 1.0",
+        figure: Figure("{build}-guests", PythonHello, 10, false, Rate),
+        over: Some(Figure("wasmtime-python-tuned", PythonHello, 10, false, Rate)),
+        unit: "x",
+    },
+    Target {
+        what: "Python hello c=10, reused: rate / wasmtime serve (tuned)",
+        goal: "(what reuse buys)",
+        figure: Figure("{build}-guests", PythonHelloReuse, 10, false, Rate),
+        over: Some(Figure("wasmtime-python-tuned", PythonHello, 10, false, Rate)),
+        unit: "x",
+    },
+    Target {
+        what: "JavaScript hello c=10, fresh: rate / wasmtime serve (tuned)",
+        goal: ">= 1.0",
+        figure: Figure("{build}-guests", JsHello, 10, false, Rate),
+        over: Some(Figure("wasmtime-js-tuned", JsHello, 10, false, Rate)),
+        unit: "x",
+    },
+    Target {
+        what: "WASI 0.3 hello c=100: CPU per request, fresh / reused",
+        goal: "(what reuse saves)",
+        figure: Figure("{build}", HelloP3, 100, false, Cpu),
+        over: Some(Figure("{build}", HelloP3Reuse, 100, false, Cpu)),
+        unit: "x",
     },
 ];
 
@@ -235,9 +452,10 @@ fn targets(out: &mut String, cells: &[Cell]) {
     for target in &TARGETS {
         let _ = write!(out, "| {} | {} |", target.what, target.goal);
         for build in &builds {
+            let values = target.values(cells, build);
             match target.value(cells, build) {
                 Some(value) => {
-                    let _ = write!(out, " {value:.2}{} |", target.unit);
+                    let _ = write!(out, " {value:.2}{}{} |", target.unit, spread(&values, 2));
                 }
                 None => {
                     let _ = write!(out, " not measured |");
@@ -249,9 +467,15 @@ fn targets(out: &mut String, cells: &[Cell]) {
     let _ = writeln!(
         out,
         "\nMemory per request in flight is (peak RSS - idle RSS) / concurrency; native at sleep c=2000: {}.",
-        Figure(Native, Sleep, 2000, false, KibInFlight)
-            .read(cells, "native")
-            .map_or("not measured".into(), |kib| format!("{kib:.1} KiB"))
+        Target {
+            what: "",
+            goal: "",
+            figure: Figure("native", Sleep, 2000, false, KibInFlight),
+            over: None,
+            unit: ""
+        }
+        .value(cells, "native")
+        .map_or("not measured".into(), |kib| format!("{kib:.1} KiB"))
     );
 }
 
@@ -259,7 +483,7 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn cpu_model() -> String {
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -278,9 +502,18 @@ fn kernel() -> String {
 mod tests {
     use super::*;
 
-    fn cell(server: &str, workload: Workload, concurrency: usize, ok_per_sec: f64, p99_ms: f64) -> Cell {
+    fn cell(
+        server: &str,
+        workload: Workload,
+        concurrency: usize,
+        rep: usize,
+        ok_per_sec: f64,
+        p99_ms: f64,
+    ) -> Cell {
         Cell {
             server: server.into(),
+            rep,
+            steal_pct: 0.0,
             pinned: false,
             workload,
             concurrency,
@@ -292,23 +525,37 @@ mod tests {
             cpu_cores: 1.0,
             peak_rss_mib: 10.0,
             idle_rss_mib: 5.0,
+            refused_share: 0.0,
+            ok_p99_ms: p99_ms,
         }
     }
 
     #[test]
-    fn targets_read_the_cells_of_each_build() {
+    fn targets_pair_the_repetitions_of_each_build_and_take_the_median() {
         let cells = [
-            cell("wharf", CounterMemory, 100, 1000.0, 4.0),
-            cell("wharf-redb", CounterRedb, 100, 600.0, 6.0),
-            cell("wharf-before-redb", CounterRedb, 100, 300.0, 6.0),
+            cell("wharf", CounterMemory, 100, 0, 1000.0, 4.0),
+            cell("wharf-redb", CounterRedb, 100, 0, 600.0, 6.0),
+            cell("wharf", CounterMemory, 100, 1, 2000.0, 4.0),
+            cell("wharf-redb", CounterRedb, 100, 1, 1000.0, 6.0),
+            cell("wharf", CounterMemory, 100, 2, 1000.0, 4.0),
+            cell("wharf-redb", CounterRedb, 100, 2, 700.0, 6.0),
+            cell("wharf-before-redb", CounterRedb, 100, 0, 300.0, 6.0),
         ];
+        // Paired: 0.6, 0.5, 0.7; median 0.6 (unpaired medians would say 0.7).
         assert_eq!(TARGETS[0].value(&cells, "wharf"), Some(0.6));
         assert_eq!(TARGETS[1].value(&cells, "wharf"), Some(1.5));
         assert_eq!(TARGETS[0].value(&cells, "wharf-before"), None, "no in-memory cell for that build");
-        let report = render(&cells, &RunInfo { title: "t".into(), seconds: 1, notes: vec![] });
+        let report = render(&cells, &RunInfo { title: "t".into(), seconds: 1, repeats: 3, notes: vec![] });
         assert!(
-            report.contains("| counter c=100: redb rate / in-memory rate | >= 0.50 | 0.60x |"),
+            report.contains("| counter c=100: redb rate / in-memory rate | >= 0.50 | 0.60x (0.50-0.70) |"),
             "{report}"
         );
+        assert!(report.contains("| counter (memory) | 100 | wharf | 1000 (1000-2000) |"), "{report}");
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_middle_pair_s_mean() {
+        assert_eq!(median(&[1.0, 4.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[5.0]), 5.0);
     }
 }

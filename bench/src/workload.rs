@@ -22,10 +22,23 @@ pub enum Workload {
     HelloP3Reuse,
     /// Hello behind a rate limit whose bucket is in Redis.
     HelloRedisRateLimit,
+    /// A Spin SDK 7 hello: on a `spin.toml` route or a `wharf.toml` one, to
+    /// show what the Spin layer costs.
+    SpinHello,
+    /// Hello far past capacity (c=1,000 and 5,000): admission by count (the
+    /// default) or by queueing delay.
+    Overload,
+    /// A Python hello (componentize-py), a fresh instance per request.
+    PythonHello,
+    /// The same, instances reused.
+    PythonHelloReuse,
+    /// A JavaScript hello (componentize-js), a fresh instance per request
+    /// (its engine takes one request per instance).
+    JsHello,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 13] = [
         Self::Hello,
         Self::CounterMemory,
         Self::CounterRedb,
@@ -34,6 +47,11 @@ impl Workload {
         Self::HelloP3,
         Self::HelloP3Reuse,
         Self::HelloRedisRateLimit,
+        Self::SpinHello,
+        Self::Overload,
+        Self::PythonHello,
+        Self::PythonHelloReuse,
+        Self::JsHello,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +64,11 @@ impl Workload {
             Self::HelloP3 => "hello-p3",
             Self::HelloP3Reuse => "hello-p3 (reuse)",
             Self::HelloRedisRateLimit => "hello + redis rate limit",
+            Self::SpinHello => "spin-hello",
+            Self::Overload => "hello (overload)",
+            Self::PythonHello => "python hello",
+            Self::PythonHelloReuse => "python hello (reuse)",
+            Self::JsHello => "js hello",
         }
     }
 
@@ -58,6 +81,11 @@ impl Workload {
             Self::HelloP3 => "/hello-p3",
             Self::HelloP3Reuse => "/hello-p3-reuse",
             Self::HelloRedisRateLimit => "/limited",
+            Self::SpinHello => "/spin-hello",
+            Self::Overload => "/hello",
+            Self::PythonHello => "/python",
+            Self::PythonHelloReuse => "/python-reuse",
+            Self::JsHello => "/js",
         }
     }
 
@@ -67,21 +95,32 @@ impl Workload {
             Self::Hello => &[1, 10, 100, 1000],
             Self::CounterMemory | Self::CounterRedb | Self::CounterRedis => &[1, 100],
             Self::Sleep => &[100, 1000, 2000],
-            Self::HelloP3 | Self::HelloP3Reuse | Self::HelloRedisRateLimit => &[100],
+            Self::HelloP3 | Self::HelloP3Reuse | Self::HelloRedisRateLimit | Self::SpinHello => &[100],
+            Self::Overload => &[1000, 5000],
+            Self::PythonHello | Self::PythonHelloReuse | Self::JsHello => &[10],
         }
     }
 
     /// The workload another server answers the same way, for ratios: the
     /// native counter is a mutex, like the in-memory store.
     pub fn comparable(self, other: Workload) -> bool {
-        self == other || matches!((self, other), (Self::HelloP3 | Self::HelloP3Reuse, Self::HelloP3))
+        self == other
+            || matches!(
+                (self, other),
+                (Self::HelloP3 | Self::HelloP3Reuse, Self::HelloP3)
+                    | (Self::PythonHello | Self::PythonHelloReuse, Self::PythonHello)
+            )
     }
 }
 
-/// What one cell measured.
+/// What one cell measured (one repetition).
 #[derive(Clone, Debug)]
 pub struct Cell {
     pub server: String,
+    /// Which repetition (cells are repeated, interleaved across servers).
+    pub rep: usize,
+    /// The machine's steal time during the cell, in percent of all CPU time.
+    pub steal_pct: f64,
     /// Server on one core, load generator on the other.
     pub pinned: bool,
     pub workload: Workload,
@@ -94,6 +133,11 @@ pub struct Cell {
     pub cpu_cores: f64,
     pub peak_rss_mib: f64,
     pub idle_rss_mib: f64,
+    /// Responses that were refused (non-2xx), over all responses.
+    pub refused_share: f64,
+    /// p99 of the successful responses alone (the overload cells; wrk's
+    /// cells give all responses').
+    pub ok_p99_ms: f64,
 }
 
 impl Cell {
