@@ -7,13 +7,18 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
 
 fn instantiate_call_drop(c: &mut Criterion) {
+    bench_component(c, "hello");
+    bench_component(c, "hello_p3");
+}
+
+fn bench_component(c: &mut Criterion, name: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let hello = root.join("target/components/wasm32-wasip2/release/hello.wasm");
+    let hello = root.join(format!("target/components/wasm32-wasip2/release/{name}.wasm"));
     assert!(
         hello.is_file(),
         "build the components first: cd components && cargo build --release --target wasm32-wasip2"
     );
-    let dir = std::env::temp_dir().join(format!("wharf-criterion-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("wharf-criterion-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = format!(
         "[server]\nkey_value = \"memory\"\nadmin_listen = \"off\"\n[[route]]\npath = \"/hello\"\ncomponent = \"hello\"\n[component.hello]\nsource = \"{}\"\n",
@@ -25,7 +30,7 @@ fn instantiate_call_drop(c: &mut Criterion) {
     let app = wharf::App::load(&manifest, &options).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let peer = "127.0.0.1:1".parse().unwrap();
-    c.bench_function("hello: instantiate, call, drop (whole request path, no socket)", |b| {
+    c.bench_function(&format!("{name}: instantiate, call, drop (whole request path, no socket)"), |b| {
         b.iter(|| {
             runtime.block_on(async {
                 let request = http::Request::get("http://bench/hello")
