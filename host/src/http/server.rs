@@ -46,6 +46,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
             .name(format!("wharf-worker-{index}"))
             .spawn(move || {
                 crate::runtime::fair::install_on_this_thread();
+                crate::runtime::reuse::install_on_this_thread(index);
                 crate::telemetry::batch::install_on_this_thread();
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -125,6 +126,20 @@ pub(super) fn connection_builder(
     builder
 }
 
+/// Keeps a timer due within a second on this thread's runtime, so a
+/// request's deadline timers (seconds away) are never the earliest one.
+/// Arming a timer earlier than every other makes tokio wake its driver with
+/// an `eventfd` write; a WASI 0.3 instance's lifetime timer is armed before
+/// its header timer and expires later, so without the anchor every such
+/// request paid a syscall and a spurious wake-up (measured: 0.45 `write`
+/// calls a request at c=100, 0.02 with the anchor). Costs one wake-up a
+/// second on an idle thread.
+async fn timer_anchor() {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn serve(
     socket: std::net::TcpListener,
     app: Arc<App>,
@@ -133,6 +148,7 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
+    tokio::spawn(timer_anchor());
     let builder = Arc::new(connection_builder(&app.settings.connections));
     let open = Arc::new(OpenConnections::default());
     loop {

@@ -371,7 +371,14 @@ where
                 .map_err(|e| InvokeError::BadRequest(format!("no authority: {e}")))?;
             let (request, io) =
                 wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
-            Ok(Call::P3 { request, io: Box::pin(io), sender })
+            // Through a task of its own, as for WASI 0.2 above.
+            let (p3_sender, p3_receiver) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if let Ok(headers) = p3_receiver.await {
+                    let _ = sender.send(headers);
+                }
+            });
+            Ok(Call::P3 { request, io: Box::pin(io), sender: p3_sender })
         }
     }
 }
@@ -555,7 +562,7 @@ impl Drop for GuestTask {
 /// Runs `request` on one of `reuse`'s instances; `slots` are held until the
 /// response body ends.
 pub async fn invoke_reused<B>(
-    reuse: &super::reuse::Reuse,
+    reuse: &Arc<super::reuse::Reuse>,
     deadlines: Deadlines,
     request: http::Request<B>,
     slots: impl Send + 'static,
@@ -568,8 +575,27 @@ where
     let request = request.map(|body| {
         http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, Into::into))
     });
-    let response = reuse.handle(request).await?;
+    // The response reaches the connection through a task of its own, as a
+    // fresh instance's does (see `prepare_call`); dropping the request
+    // (the client went away) aborts it, which cancels the call.
+    let reuse = reuse.clone();
+    let relay = tokio::spawn(async move { reuse.handle(request).await });
+    let abort = AbortOnDrop(relay.abort_handle());
+    let response = match relay.await {
+        Ok(response) => response?,
+        Err(join_error) => return Err(InvokeError::Trapped(join_error.to_string())),
+    };
+    drop(abort);
     Ok(GuestBody::wrap(response, deadlines, started, None, None, Some(Box::new(slots))))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A response body whose guest trapped before finishing it.
