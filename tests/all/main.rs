@@ -21,5 +21,6 @@ mod request_bodies;
 mod spin;
 mod streaming;
 mod tls;
+mod traces;
 mod upstream;
 mod wasi_p3;

@@ -92,7 +92,9 @@ impl App {
     /// Builds every part for `manifest` and loads every component.
     pub fn load(manifest: &Manifest, options: &LoadOptions) -> Result<Arc<Self>> {
         let settings = manifest.server.clone();
-        let telemetry = Arc::new(Telemetry::new(options.access_log.clone()));
+        let telemetry = Arc::new(
+            Telemetry::with_tracing(options.access_log.clone(), &settings.tracing).context("[tracing]")?,
+        );
         let redis = settings
             .uses_redis()
             .then(|| SharedRedis::new(&settings.redis_url, settings.redis_timeout).map(Arc::new))
@@ -103,17 +105,29 @@ impl App {
             })
             .flatten();
         let limits = settings.key_value_limits;
-        let backend = keyvalue::open_backend(settings.key_value, &settings.data_dir, limits, redis.as_ref())?;
+        let backend = keyvalue::open_backend(
+            settings.key_value,
+            &settings.data_dir,
+            limits,
+            redis.as_ref(),
+            telemetry.tracing.as_ref(),
+        )?;
         let capabilities = Capabilities {
             key_value: Arc::new(keyvalue::KeyValue::new(backend, limits)),
-            outbound: Arc::new(OutboundClient::new(&settings.outbound, telemetry.metrics.outbound.clone())?),
-            sqlite: Arc::new(crate::capabilities::sqlite::Sqlite::new(
-                settings.data_dir.join("sqlite"),
-                crate::capabilities::sqlite::SqliteLimits {
-                    query_timeout: settings.max_sqlite_query,
-                    max_result_bytes: settings.max_sqlite_result_bytes,
-                },
-            )),
+            outbound: Arc::new(
+                OutboundClient::new(&settings.outbound, telemetry.metrics.outbound.clone())?
+                    .with_tracing(telemetry.tracing.clone()),
+            ),
+            sqlite: Arc::new(
+                crate::capabilities::sqlite::Sqlite::new(
+                    settings.data_dir.join("sqlite"),
+                    crate::capabilities::sqlite::SqliteLimits {
+                        query_timeout: settings.max_sqlite_query,
+                        max_result_bytes: settings.max_sqlite_result_bytes,
+                    },
+                )
+                .with_tracing(telemetry.tracing.clone()),
+            ),
             guest_output_budget: settings.max_guest_output_bytes,
         };
         let engine_settings = EngineSettings {

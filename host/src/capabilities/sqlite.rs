@@ -67,6 +67,8 @@ pub struct Sqlite {
     dir: PathBuf,
     limits: SqliteLimits,
     databases: Mutex<HashMap<String, Arc<Database>>>,
+    /// Where each statement's span goes, when tracing is on.
+    tracing: Option<Arc<crate::telemetry::trace::Tracing>>,
 }
 
 struct Database {
@@ -77,7 +79,14 @@ struct Database {
 impl Sqlite {
     /// Databases in `dir`, one file per label, under `limits`.
     pub fn new(dir: PathBuf, limits: SqliteLimits) -> Self {
-        Self { dir, limits, databases: Mutex::default() }
+        Self { dir, limits, databases: Mutex::default(), tracing: None }
+    }
+
+    /// The databases, with a span for each statement (when `tracing` is
+    /// some).
+    pub fn with_tracing(mut self, tracing: Option<Arc<crate::telemetry::trace::Tracing>>) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     /// The limits queries run under.
@@ -112,6 +121,31 @@ impl Sqlite {
 
     /// Runs `statement` with `parameters` on database `label`.
     pub async fn execute(
+        &self,
+        label: &str,
+        statement: String,
+        parameters: Vec<SqlValue>,
+    ) -> Result<QueryResult, SqliteError> {
+        let span = self.tracing.as_ref().and_then(|tracing| {
+            use opentelemetry::KeyValue;
+            let operation: String =
+                statement.split_whitespace().next().unwrap_or("").chars().take(16).collect();
+            let operation = operation.to_ascii_uppercase();
+            let attributes = vec![
+                KeyValue::new("db.system.name", "sqlite"),
+                KeyValue::new("db.namespace", label.to_string()),
+                KeyValue::new("db.operation.name", operation),
+            ];
+            tracing.span_in_current("wharf.sqlite", attributes)
+        });
+        let result = self.execute_untraced(label, statement, parameters).await;
+        if let Some(span) = &span {
+            crate::telemetry::trace::end(span, result.as_ref().map(drop).map_err(|e| e.to_string().into()));
+        }
+        result
+    }
+
+    async fn execute_untraced(
         &self,
         label: &str,
         statement: String,

@@ -20,6 +20,8 @@ pub struct GuestOutput {
     inner: Arc<Mutex<Budget>>,
     component: Arc<str>,
     request_id: Arc<str>,
+    /// The request's trace, when it is recorded.
+    trace_id: Option<Arc<str>>,
 }
 
 struct Budget {
@@ -28,12 +30,14 @@ struct Budget {
 }
 
 impl GuestOutput {
-    /// Output of `component` serving `request_id`, at most `budget` bytes.
-    pub fn new(component: Arc<str>, request_id: Arc<str>, budget: usize) -> Self {
+    /// Output of `component` serving `request_id` (in trace `trace_id`),
+    /// at most `budget` bytes.
+    pub fn new(component: Arc<str>, request_id: Arc<str>, trace_id: Option<Arc<str>>, budget: usize) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Budget { remaining: budget, truncated: false })),
             component,
             request_id,
+            trace_id,
         }
     }
 
@@ -113,7 +117,7 @@ impl LineWriter {
         crate::telemetry::access_log::escape_into(&mut escaped, text.trim_end_matches('\r'));
         let output = &self.stream.output;
         tracing::info!(target: "wharf::guest", component = %output.component, request_id = %output.request_id,
-            stream = self.stream.name, line = %escaped, "guest output");
+            trace_id = output.trace_id.as_deref(), stream = self.stream.name, line = %escaped, "guest output");
         self.line.clear();
     }
 }

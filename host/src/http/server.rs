@@ -88,6 +88,11 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
         worker.await.context("a worker thread died")??;
     }
     refusals.flush(&app);
+    // The spans of the last requests, before the process goes.
+    if let Some(tracing) = app.telemetry.tracing.clone() {
+        let timeout = app.settings.shutdown_timeout;
+        let _ = tokio::task::spawn_blocking(move || tracing.flush(timeout)).await;
+    }
     // Stop watching files: a reload must not start (and hold the app) now.
     app.stop_watching();
     // The admin task holds the app too; once it is gone, so is everything

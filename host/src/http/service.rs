@@ -18,6 +18,7 @@ use crate::capabilities::outbound::{Origin, SelfDispatch};
 use crate::policy::{Rejection, RequestSlots};
 use crate::runtime::invoke::{self, RequestContext};
 use crate::telemetry::record::RequestRecord;
+use crate::telemetry::trace::SpanGuard;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderValue, header};
@@ -93,7 +94,13 @@ where
     if let Some(connection) = &caller.connection {
         record.watch_connection(connection.ended_by().clone());
     }
-    let context = RequestContext { https: caller.https, origin, request_id: request_id.as_str().into() };
+    record.start_span(&request, caller.https, origin.hops);
+    let context = RequestContext {
+        https: caller.https,
+        origin,
+        request_id: request_id.as_str().into(),
+        trace: record.trace().cloned(),
+    };
     let mut deadline = HOST_RESPONSE_DEADLINE;
     let started = tokio::time::Instant::now();
     let arrival = Arrival {
@@ -230,6 +237,12 @@ where
         return Served::Rejected(body_rejection(fault, limit));
     }
     let request = http::Request::from_parts(parts, body);
+    // Admission, a worker, then a turn on the thread: the queue span.
+    let queue = app.telemetry.tracing.as_ref().zip(context.trace.as_ref()).map(|(tracing, server)| {
+        let pool = opentelemetry::KeyValue::new("wharf.worker_pool", route.policy.workers.is_some());
+        tracing.span(server, "wharf.queue", opentelemetry::trace::SpanKind::Internal, vec![pool])
+    });
+    let mut queue = SpanGuard(queue);
     let slots = match app.admission.try_admit(record.client) {
         Ok(slots) => slots,
         Err(rejection) => return Served::Rejected(rejection),
@@ -245,10 +258,13 @@ where
     let deadlines = route.deadlines();
     let outcome = match &route.reuse {
         None => {
-            invoke::invoke(&app.runtime, &route.component, deadlines, context, request, Held(slots, worker))
-                .await
+            let held = Held { slots, _worker: worker, queue };
+            invoke::invoke(&app.runtime, &route.component, deadlines, context, request, held).await
         }
-        Some(reuse) => invoke::invoke_reused(reuse, deadlines, request, (slots, worker)).await,
+        Some(reuse) => {
+            queue.end();
+            invoke::invoke_reused(reuse, deadlines, &context, request, (slots, worker)).await
+        }
     };
     // A body cut off while streaming in (too large, too slow) wins over
     // whatever the guest made of its truncated input, as long as no headers
@@ -270,12 +286,18 @@ where
 
 /// What a request holds while its instance lives: its admission slots and
 /// its worker, if the route has a pool (held, never read: dropping them
-/// frees them).
-struct Held(RequestSlots, #[allow(dead_code)] Option<WorkerSlot>);
+/// frees them), and the span of its wait, which ends as the instance
+/// starts.
+struct Held {
+    slots: RequestSlots,
+    _worker: Option<WorkerSlot>,
+    queue: SpanGuard,
+}
 
 impl invoke::InstanceSlots for Held {
     fn started(&mut self) {
-        self.0.started();
+        self.slots.started();
+        self.queue.end();
     }
 }
 

@@ -63,6 +63,8 @@ pub struct ServerSettings {
     pub client_rate_limit: Option<RateLimitSpec>,
     /// The outbound HTTP client's settings (`[outbound]`).
     pub outbound: OutboundSettings,
+    /// Where traces go (`[tracing]`); off by default.
+    pub tracing: crate::telemetry::trace::TraceSettings,
     /// How many `http://self` requests deep a chain may go; deeper ones get
     /// 508 Loop Detected. Default 4.
     pub max_self_hops: u32,
@@ -366,6 +368,7 @@ impl ServerSettings {
                 .map(|r| r.validate("server.client_rate_limit"))
                 .transpose()?,
             outbound: OutboundSettings::from_raw(RawOutbound::default(), dir)?,
+            tracing: Default::default(),
             max_self_hops: raw.max_self_hops.unwrap_or(4),
             key_value_limits: {
                 let defaults = KeyValueLimits::default();

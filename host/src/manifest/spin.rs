@@ -168,6 +168,7 @@ pub(super) fn parse(
     }
     server.outbound =
         OutboundSettings::from_raw(settings.outbound, dir).context("[outbound] (Wharf's settings)")?;
+    server.tracing = settings.tracing.validate().context("[tracing] (Wharf's settings)")?;
     let variables = Variables::resolve(&raw.variables, &options.variables, |key| std::env::var(key).ok())?;
 
     if let Some(kind) = raw.trigger.keys().find(|kind| kind.as_str() != "http") {
@@ -311,6 +312,7 @@ fn wharf_settings_of(table: Option<toml::Value>, beside: Option<(&Path, &str)>) 
     Ok(WharfSettings {
         server: raw.server,
         outbound: raw.outbound,
+        tracing: raw.tracing,
         routes: raw.route,
         components: raw.component,
     })
@@ -319,6 +321,7 @@ fn wharf_settings_of(table: Option<toml::Value>, beside: Option<(&Path, &str)>) 
 struct WharfSettings {
     server: super::settings::RawServer,
     outbound: super::settings::RawOutbound,
+    tracing: super::traces::RawTracing,
     routes: Vec<RawRoute>,
     components: BTreeMap<String, super::wharf::RawComponent>,
 }

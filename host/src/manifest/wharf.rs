@@ -18,6 +18,8 @@ pub(super) struct RawManifest {
     #[serde(default)]
     pub(super) outbound: RawOutbound,
     #[serde(default)]
+    pub(super) tracing: super::traces::RawTracing,
+    #[serde(default)]
     pub(super) route: Vec<RawRoute>,
     #[serde(default)]
     pub(super) component: BTreeMap<String, RawComponent>,
@@ -91,6 +93,7 @@ pub(super) fn parse(
         server.data_dir = data_dir.clone();
     }
     server.outbound = OutboundSettings::from_raw(raw.outbound, dir)?;
+    server.tracing = raw.tracing.validate()?;
 
     let mut components = BTreeMap::new();
     for (name, raw) in raw.component {

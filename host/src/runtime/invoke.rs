@@ -127,6 +127,8 @@ pub struct RequestContext {
     pub origin: Origin,
     /// The request's id, for the instance's log lines.
     pub request_id: Arc<str>,
+    /// The request's server span, when it is traced.
+    pub trace: Option<opentelemetry::Context>,
 }
 
 /// How long a guest that dropped its response outparam has to finish (so a
@@ -189,17 +191,43 @@ where
         // instance is gone, so a new request never meets a full pool.
         slots.started();
         let _slots = slots;
+        let telemetry = &runtime.telemetry;
+        let mut request = request;
+        let guest_span = guest_span(telemetry, &context, &component.name_for_logs, "fresh");
+        if let (Some(tracing), Some(span)) = (&telemetry.tracing, &guest_span) {
+            tracing.inject(span, request.headers_mut());
+        }
         // The store is made when the thread gets to the request, not when
         // it reads it: requests queued behind others hold no instance state,
         // and the epoch deadline (one tick) counts from here.
         let mut store = new_store(&runtime, &component, &context);
         let call = prepare_call(&mut store, &component, &context, request, sender)?;
-        let telemetry = &runtime.telemetry;
+        let instantiate_span = |span: &Option<opentelemetry::Context>| {
+            telemetry.tracing.as_ref().zip(span.as_ref()).map(|(tracing, parent)| {
+                tracing.span(
+                    parent,
+                    "wharf.instantiate",
+                    opentelemetry::trace::SpanKind::Internal,
+                    Vec::new(),
+                )
+            })
+        };
         let run = async {
             let instantiating = std::time::Instant::now();
+            let instantiation = instantiate_span(&guest_span);
+            let instantiated = |ok: bool| {
+                if let Some(span) = &instantiation {
+                    crate::telemetry::trace::end(
+                        span,
+                        if ok { Ok(()) } else { Err("instantiation failed".into()) },
+                    );
+                }
+            };
             match (&component.handler, call) {
                 (HandlerPre::P2(pre), Call::P2 { incoming, outparam }) => {
-                    let proxy = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
+                    let proxy = pre.instantiate_async(&mut store).await.map_err(instantiation_error);
+                    instantiated(proxy.is_ok());
+                    let proxy = proxy?;
                     telemetry.metrics.instantiated(instantiating.elapsed().as_secs_f64());
                     proxy
                         .wasi_http_incoming_handler()
@@ -212,7 +240,9 @@ where
                 // (3.9 KB a task inline, 2.6 KB boxed).
                 (HandlerPre::P3(pre), Call::P3 { request, io, sender }) => {
                     Box::pin(async {
-                        let service = pre.instantiate_async(&mut store).await.map_err(instantiation_error)?;
+                        let service = pre.instantiate_async(&mut store).await.map_err(instantiation_error);
+                        instantiated(service.is_ok());
+                        let service = service?;
                         telemetry.metrics.instantiated(instantiating.elapsed().as_secs_f64());
                         serve_p3(&mut store, service, request, io, sender).await
                     })
@@ -223,11 +253,13 @@ where
         };
         // `timeout_at` polls `run` first: an instance that finishes in its
         // first stretch never arms the timer.
-        let result = match tokio::time::timeout_at(started + deadlines.total, Charged::new(run)).await {
+        let run = crate::telemetry::trace::InSpan::new(Charged::new(run), guest_span.clone());
+        let result = match tokio::time::timeout_at(started + deadlines.total, run).await {
             Ok(Err(error)) if error.holding_bound().is_some() => {
                 let phase = phase_name(task_shared.phase.load(Ordering::Acquire));
                 let reason = error.holding_bound().unwrap_or_default();
                 telemetry.metrics.instance_killed(reason, phase);
+                killed(&guest_span, reason, phase);
                 tracing::warn!(
                     component = %component.name_for_logs,
                     request_id = %context.request_id,
@@ -241,6 +273,7 @@ where
             Err(_elapsed) => {
                 let phase = phase_name(task_shared.phase.load(Ordering::Acquire));
                 telemetry.metrics.instance_killed("max_duration", phase);
+                killed(&guest_span, "max_duration", phase);
                 tracing::warn!(
                     component = %component.name_for_logs,
                     request_id = %context.request_id,
@@ -258,6 +291,9 @@ where
             let _ = task_shared.failed.set(if error.is_timeout() { "max duration" } else { "trapped" });
         }
         drop(store);
+        if let Some(span) = &guest_span {
+            crate::telemetry::trace::end(span, result.as_ref().map(drop).map_err(|e| e.to_string().into()));
+        }
         result
     });
     let guard = GuestTask { abort: task.abort_handle(), armed: true, shared: shared.clone() };
@@ -291,6 +327,36 @@ where
             guard.disarm();
             Err(InvokeError::GuestError(code))
         }
+    }
+}
+
+/// Starts the span of the instance serving a traced request: `fresh` or
+/// `reused`.
+fn guest_span(
+    telemetry: &crate::telemetry::Telemetry,
+    context: &RequestContext,
+    component: &str,
+    instance: &'static str,
+) -> Option<opentelemetry::Context> {
+    let (tracing, parent) = telemetry.tracing.as_ref().zip(context.trace.as_ref())?;
+    let attributes = vec![
+        opentelemetry::KeyValue::new("wharf.component", component.to_string()),
+        opentelemetry::KeyValue::new("wharf.instance", instance),
+    ];
+    Some(tracing.span(parent, "wharf.guest", opentelemetry::trace::SpanKind::Internal, attributes))
+}
+
+/// Notes on the guest's span that a bound killed it.
+fn killed(span: &Option<opentelemetry::Context>, reason: &'static str, phase: &'static str) {
+    use opentelemetry::trace::TraceContextExt;
+    if let Some(span) = span {
+        span.span().add_event(
+            "wharf.kill",
+            vec![
+                opentelemetry::KeyValue::new("wharf.kill.reason", reason),
+                opentelemetry::KeyValue::new("wharf.kill.phase", phase),
+            ],
+        );
     }
 }
 
@@ -428,6 +494,7 @@ pub(crate) fn new_store(
     let output = GuestOutput::new(
         component.name_for_logs.clone(),
         context.request_id.clone(),
+        context.trace.as_ref().and_then(crate::telemetry::trace::trace_id).map(|id| id.to_string().into()),
         capabilities.guest_output_budget,
     );
     let budget = OutboundBudget::new(
@@ -564,7 +631,8 @@ impl Drop for GuestTask {
 pub async fn invoke_reused<B>(
     reuse: &Arc<super::reuse::Reuse>,
     deadlines: Deadlines,
-    request: http::Request<B>,
+    context: &RequestContext,
+    mut request: http::Request<B>,
     slots: impl Send + 'static,
 ) -> Result<http::Response<GuestBody>, InvokeError>
 where
@@ -572,6 +640,15 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let started = Instant::now();
+    // A reused instance serves several requests at once, so no span is
+    // current inside it: the guest span goes to it in `traceparent`, for
+    // the outbound calls that pass it on.
+    let telemetry = reuse.telemetry();
+    let span = guest_span(telemetry, context, reuse.component_name(), "reused");
+    if let (Some(tracing), Some(span)) = (&telemetry.tracing, &span) {
+        tracing.inject(span, request.headers_mut());
+    }
+    let span = crate::telemetry::trace::SpanGuard(span);
     let request = request.map(|body| {
         http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(body, Into::into))
     });
@@ -586,7 +663,7 @@ where
         Err(join_error) => return Err(InvokeError::Trapped(join_error.to_string())),
     };
     drop(abort);
-    Ok(GuestBody::wrap(response, deadlines, started, None, None, Some(Box::new(slots))))
+    Ok(GuestBody::wrap(response, deadlines, started, None, None, Some(Box::new((slots, span)))))
 }
 
 /// Aborts a task when dropped.

@@ -82,6 +82,16 @@ impl Reuse {
         }
     }
 
+    /// Where the instances report.
+    pub(crate) fn telemetry(&self) -> &crate::telemetry::Telemetry {
+        &self.workers.runtime.telemetry
+    }
+
+    /// The component's name, for logs and spans.
+    pub(crate) fn component_name(&self) -> &str {
+        &self.workers.component.name_for_logs
+    }
+
     /// This thread's handler.
     fn handler(&self) -> &ProxyHandler<Workers> {
         let index = THREAD.with(Cell::get).min(THREAD_HANDLERS);
@@ -123,6 +133,7 @@ impl HandlerState for Workers {
                 https: false,
                 origin: Origin::client(std::net::Ipv4Addr::UNSPECIFIED.into()),
                 request_id: format!("reused-{}", component.name_for_logs).into(),
+                trace: None,
             };
             let mut store = super::invoke::new_store(&runtime, &component, &context);
             // A reused instance computes for request after request: its

@@ -44,6 +44,8 @@ pub struct AccessLine<'a> {
     pub request_id: &'a str,
     pub outcome: &'a str,
     pub reason: Option<&'a str>,
+    /// The request's trace, when it is recorded.
+    pub trace_id: Option<&'a str>,
 }
 
 impl AccessLog {
@@ -117,6 +119,9 @@ fn pretty(out: &mut String, line: &AccessLine<'_>) {
     );
     escape_into(out, line.request_id);
     let _ = write!(out, " outcome={}", line.outcome);
+    if let Some(trace_id) = line.trace_id {
+        let _ = write!(out, " trace_id={trace_id}");
+    }
     if let Some(reason) = line.reason {
         out.push_str(" reason=\"");
         escape_into(out, reason);
@@ -194,6 +199,9 @@ fn json(out: &mut String, line: &AccessLine<'_>) {
     let _ = write!(out, ",\"client\":\"{}\"", line.client);
     text(out, "request_id", line.request_id);
     text(out, "outcome", line.outcome);
+    if let Some(trace_id) = line.trace_id {
+        text(out, "trace_id", trace_id);
+    }
     if let Some(reason) = line.reason {
         text(out, "reason", reason);
     }
@@ -267,10 +275,12 @@ mod tests {
             request_id: "x",
             outcome: "completed",
             reason: None,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         };
         json(&mut out, &line);
         let value: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!((value["path"].as_str(), value["status"].as_u64()), (Some("/a\"b"), Some(200)));
+        assert_eq!(value["trace_id"].as_str(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 
     #[test]
@@ -288,6 +298,7 @@ mod tests {
             request_id: hostile,
             outcome: "failed",
             reason: Some(hostile),
+            trace_id: None,
         };
         for format in [AccessLogFormat::Pretty, AccessLogFormat::Json] {
             let mut out = String::new();

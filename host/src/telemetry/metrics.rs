@@ -200,6 +200,8 @@ pub struct Metrics {
     breaker_trips: Gauge,
     /// Outbound HTTP metrics.
     pub outbound: Arc<OutboundMetrics>,
+    /// What became of trace spans.
+    pub traces: Arc<super::trace::TraceMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -307,7 +309,9 @@ impl Default for Metrics {
             breaker_trips.clone(),
         );
         let outbound = Arc::new(OutboundMetrics::register(&mut registry));
+        let traces = Arc::new(super::trace::TraceMetrics::register(&mut registry));
         Self {
+            traces,
             breakers_open,
             breaker_trips,
             instances_killed,

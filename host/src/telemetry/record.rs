@@ -60,6 +60,8 @@ pub struct RequestRecord {
     outcome: Option<Outcome>,
     reason: Option<String>,
     connection_ended_by: Option<EndedBy>,
+    /// The request's server span, when tracing is on.
+    span: Option<opentelemetry::Context>,
 }
 
 impl RequestRecord {
@@ -83,7 +85,37 @@ impl RequestRecord {
             outcome: None,
             reason: None,
             connection_ended_by: None,
+            span: None,
         }
+    }
+
+    /// Starts the request's server span (when tracing is on), continuing
+    /// the trace context its headers carry.
+    pub fn start_span(&mut self, request: &http::Request<impl Sized>, https: bool, hops: u32) {
+        let Some(tracing) = &self.telemetry.tracing else { return };
+        use opentelemetry::KeyValue;
+        let version = match request.version() {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", self.method.as_str().to_string()),
+            KeyValue::new("url.path", self.path.clone()),
+            KeyValue::new("url.scheme", if https { "https" } else { "http" }),
+            KeyValue::new("client.address", self.client.to_string()),
+            KeyValue::new("network.protocol.version", version),
+            KeyValue::new("wharf.request_id", self.request_id.clone()),
+        ];
+        if hops > 0 {
+            attributes.push(KeyValue::new("wharf.self_hops", i64::from(hops)));
+        }
+        self.span = Some(tracing.server_span(request.headers(), self.method.to_string(), attributes));
+    }
+
+    /// The server span's context, when the request is traced.
+    pub fn trace(&self) -> Option<&opentelemetry::Context> {
+        self.span.as_ref()
     }
 
     /// Follows the request's connection: if a connection deadline ends it
@@ -149,6 +181,9 @@ impl Drop for RequestRecord {
             Outcome::TimedOut => "timed_out",
             Outcome::Failed => "failed",
         };
+        let trace_id = self.span.as_ref().and_then(|span| self.end_span(span, outcome, error));
+        let trace_id = trace_id.map(|id| id.to_string());
+        let trace_id = trace_id.as_deref();
         let (method, path, client, request_id) = (&self.method, &self.path, &self.client, &self.request_id);
         let (route, status, bytes_out, reason) =
             (self.route.as_deref(), self.status, self.bytes_out, self.reason.as_deref());
@@ -166,13 +201,53 @@ impl Drop for RequestRecord {
                     request_id,
                     outcome,
                     reason,
+                    trace_id,
                 });
             }
         } else if error {
-            tracing::error!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, "request");
+            tracing::error!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, trace_id, "request");
         } else {
-            tracing::info!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, "request");
+            tracing::info!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, trace_id, "request");
         }
+    }
+}
+
+impl RequestRecord {
+    /// Ends the server span with what the record knows; its trace id, if
+    /// the trace is recorded.
+    fn end_span(
+        &self,
+        span: &opentelemetry::Context,
+        outcome: &'static str,
+        error: bool,
+    ) -> Option<super::trace::TraceId> {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::TraceContextExt;
+        let trace_id = super::trace::trace_id(span)?;
+        let server = span.span();
+        if let Some(route) = &self.route {
+            server.update_name(format!("{} {route}", self.method));
+            server.set_attribute(KeyValue::new("http.route", route.clone()));
+        }
+        if let Some(status) = self.status {
+            server.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        }
+        server.set_attribute(KeyValue::new("wharf.outcome", outcome));
+        server.set_attribute(KeyValue::new("http.response.body.size", self.bytes_out as i64));
+        if let Some(reason) = &self.reason {
+            server.set_attribute(KeyValue::new("wharf.reason", reason.clone()));
+        }
+        let failed = error || self.status.is_some_and(|s| s >= 500);
+        if failed {
+            let kind =
+                self.status.filter(|s| *s >= 500).map_or_else(|| outcome.to_string(), |s| s.to_string());
+            server.set_attribute(KeyValue::new("error.type", kind));
+        }
+        super::trace::end(
+            span,
+            if failed { Err(self.reason.clone().unwrap_or_default().into()) } else { Ok(()) },
+        );
+        Some(trace_id)
     }
 }
 

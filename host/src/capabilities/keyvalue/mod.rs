@@ -25,6 +25,7 @@ pub mod draft2;
 mod memory;
 mod redb;
 mod redis;
+mod traced;
 
 pub use self::redb::RedbBackend;
 pub use self::redis::RedisBackend;
@@ -149,15 +150,27 @@ pub fn open_backend(
     data_dir: &Path,
     limits: KeyValueLimits,
     redis: Option<&Arc<crate::shared::redis::SharedRedis>>,
+    tracing: Option<&Arc<crate::telemetry::trace::Tracing>>,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     use crate::manifest::KeyValueBackendKind as Kind;
-    Ok(match kind {
+    let backend: Arc<dyn Backend> = match kind {
         Kind::Memory => Arc::new(memory::MemoryBackend::new(limits)),
         Kind::Redb => Arc::new(self::redb::RedbBackend::open(&data_dir.join("keyvalue.redb"), limits)?),
         Kind::Redis => {
             let redis =
                 redis.ok_or_else(|| anyhow::anyhow!("key_value = \"redis\" needs server.redis_url"))?;
             Arc::new(self::redis::RedisBackend::new(redis.clone(), limits))
+        }
+    };
+    Ok(match tracing {
+        None => backend,
+        Some(tracing) => {
+            let system = match kind {
+                Kind::Memory => "memory",
+                Kind::Redb => "redb",
+                Kind::Redis => "redis",
+            };
+            Arc::new(traced::Traced { inner: backend, tracing: tracing.clone(), system })
         }
     })
 }

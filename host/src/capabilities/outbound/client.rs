@@ -34,9 +34,18 @@ pub struct OutboundClient {
     pub breakers: Arc<super::breaker::Breakers>,
     pub(super) refused_log: crate::telemetry::summary::LogSummary,
     pub(super) denied_log: crate::telemetry::summary::LogSummary,
+    /// Where client spans go, when tracing is on.
+    pub(super) tracing: Option<Arc<crate::telemetry::trace::Tracing>>,
 }
 
 impl OutboundClient {
+    /// The client, starting a span for each request it sends (when
+    /// `tracing` is some).
+    pub fn with_tracing(mut self, tracing: Option<Arc<crate::telemetry::trace::Tracing>>) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
     /// Builds the client from `settings`.
     pub fn new(settings: &OutboundSettings, metrics: Arc<OutboundMetrics>) -> Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
@@ -89,6 +98,7 @@ impl OutboundClient {
             breakers: super::breaker::Breakers::new(settings.breaker_failures, settings.breaker_open),
             refused_log: crate::telemetry::summary::LogSummary::default(),
             denied_log: crate::telemetry::summary::LogSummary::default(),
+            tracing: None,
         })
     }
 

@@ -165,7 +165,7 @@ pub struct OutboundHooks {
 impl WasiHttpHooks for OutboundHooks {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
@@ -184,6 +184,11 @@ impl WasiHttpHooks for OutboundHooks {
         let client = self.client.clone();
         let Some(entry) = self.allowed.matching(&scheme, &host, port).map(ToString::to_string) else {
             client.metrics.denied();
+            if client.tracing.is_some() {
+                use opentelemetry::trace::TraceContextExt;
+                let denied = opentelemetry::KeyValue::new("server.address", host.clone());
+                opentelemetry::Context::current().span().add_event("wharf.outbound.denied", vec![denied]);
+            }
             if let Some(count) = client.denied_log.note() {
                 tracing::warn!(component = %self.component, url = %uri, denied = count,
                     "outbound requests denied: not in allowed_outbound_hosts (this one and the count since the last such line)");
@@ -201,6 +206,21 @@ impl WasiHttpHooks for OutboundHooks {
                 return Box::new(async { Err(HttpError::HttpRequestDenied) });
             }
         };
+        let span = client.tracing.as_ref().map(|tracing| {
+            use opentelemetry::KeyValue;
+            // The URL as far as the allow-list entry that let it out: a path
+            // or query may carry what a trace should not.
+            let attributes = vec![
+                KeyValue::new("http.request.method", request.method().to_string()),
+                KeyValue::new("server.address", host.clone()),
+                KeyValue::new("server.port", i64::from(port)),
+                KeyValue::new("url.full", entry.clone()),
+            ];
+            let span = tracing.client_span(request.headers(), request.method().to_string(), attributes);
+            tracing.inject(&span, request.headers_mut());
+            span
+        });
+        let mut span = crate::telemetry::trace::SpanGuard(span);
         let in_flight = self.budget.in_flight();
         // How sending the request's body ended reaches the guest through
         // the future returned beside the response (a WASI 0.3 request's
@@ -216,14 +236,38 @@ impl WasiHttpHooks for OutboundHooks {
             let permit = in_flight.acquire_owned().await.map_err(|_| HttpError::ConnectionLimitReached)?;
             let chained = host.strip_suffix(SERVICE_CHAINING_SUFFIX).map(str::to_string);
             let response = if host == "self" || chained.is_some() {
-                let dispatch =
-                    client.self_dispatch.get().cloned().ok_or(HttpError::DestinationUnavailable)?;
-                dispatch.dispatch(request, origin, chained).await?
+                match client.self_dispatch.get().cloned() {
+                    Some(dispatch) => dispatch.dispatch(request, origin, chained).await,
+                    None => Err(HttpError::DestinationUnavailable),
+                }
             } else {
-                client.send(request, options, &entry).await?
+                client.send(request, options, &entry).await
             };
+            let response = match response {
+                Ok(response) => response,
+                Err(error) => {
+                    if let Some(context) = span.0.take() {
+                        let kind = opentelemetry::KeyValue::new("error.type", format!("{error:?}"));
+                        opentelemetry::trace::TraceContextExt::span(&context).set_attribute(kind);
+                        crate::telemetry::trace::end(&context, Err(error.to_string().into()));
+                    }
+                    return Err(error);
+                }
+            };
+            if let Some(context) = &span.0 {
+                let status = i64::from(response.status().as_u16());
+                let span = opentelemetry::trace::TraceContextExt::span(context);
+                span.set_attribute(opentelemetry::KeyValue::new("http.response.status_code", status));
+                if status >= 500 {
+                    span.set_status(opentelemetry::trace::Status::error(status.to_string()));
+                }
+            }
             let response = response.map(|body| {
-                http_body_util::BodyExt::boxed_unsync(PermitBody { inner: body, _permit: permit })
+                http_body_util::BodyExt::boxed_unsync(PermitBody {
+                    inner: body,
+                    _permit: permit,
+                    _span: span,
+                })
             });
             Ok((response, body_sent))
         })
@@ -288,11 +332,12 @@ impl Drop for SentBody {
     }
 }
 
-/// A response body that holds its instance's outbound slot until it is
-/// done with.
+/// A response body that holds its instance's outbound slot (and the
+/// call's span) until it is done with.
 struct PermitBody {
     inner: WasiBody,
     _permit: OwnedSemaphorePermit,
+    _span: crate::telemetry::trace::SpanGuard,
 }
 
 impl Body for PermitBody {
