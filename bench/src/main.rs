@@ -31,6 +31,7 @@ mod closed_loop;
 mod guests;
 mod load;
 mod native;
+mod otlp_sink;
 mod plot;
 mod report;
 mod servers;
@@ -178,6 +179,22 @@ fn main() -> Result<()> {
                     false,
                 )?);
             }
+        }
+        // What tracing costs: every request traced, and one in a hundred,
+        // exporting to a collector on loopback.
+        if *name == "wharf" && wanted_workload(Workload::Hello) {
+            let sink = format!("http://{}", otlp_sink::start()?);
+            for (traced, ratio) in [("wharf-traced-100", "1.0"), ("wharf-traced-1", "0.01")] {
+                let env = [
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.as_str()),
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", ratio),
+                ];
+                let launch = wharf(traced, binary, "wharf-bench.toml", &[], vec![Workload::Hello], false)?;
+                let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                launches.push(Launch { env, ..launch });
+            }
+            notes.push("wharf-traced-N: tracing on, N% of traces sampled, exported over OTLP/HTTP to a sink on loopback".into());
         }
         let redb = vec![Workload::CounterRedb];
         launches.push(wharf(

@@ -26,6 +26,8 @@ pub struct Launch {
     pub pinned: bool,
     /// Where its stderr goes.
     pub log: Option<PathBuf>,
+    /// Environment variables it starts with.
+    pub env: Vec<(String, String)>,
 }
 
 /// One server under test, as a running process.
@@ -75,6 +77,7 @@ impl Launch {
             quiet_command(&self.program)
         };
         command.args(self.args.iter().map(|a| a.replace("{port}", &port.to_string())));
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         match &self.log {
             Some(log) => command.stderr(std::fs::File::create(log)?),
             None => command.stderr(Stdio::null()),
@@ -104,6 +107,7 @@ pub fn native(pinned: bool) -> Result<Launch> {
         admin: None,
         pinned,
         log: None,
+        env: Vec::new(),
     })
 }
 
@@ -132,6 +136,7 @@ pub fn wharf(
         admin: Some(admin),
         pinned,
         log: Some(root.join(format!("target/bench-{}.log", name.replace(' ', "-")))),
+        env: Vec::new(),
     })
 }
 
@@ -171,6 +176,7 @@ pub fn wasmtime(
         admin: None,
         pinned,
         log: None,
+        env: Vec::new(),
     }
 }
 
