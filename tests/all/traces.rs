@@ -27,6 +27,8 @@ struct Got {
     events: Vec<String>,
     error: bool,
     service: String,
+    start_ns: u64,
+    end_ns: u64,
 }
 
 /// An OTLP/HTTP trace receiver on 127.0.0.1.
@@ -135,6 +137,8 @@ fn flatten(export: ExportTraceServiceRequest) -> Vec<Got> {
                     events: span.events.iter().map(|e| e.name.clone()).collect(),
                     error: span.status.as_ref().is_some_and(|s| s.code == 2),
                     service: service.clone(),
+                    start_ns: span.start_time_unix_nano,
+                    end_ns: span.end_time_unix_nano,
                     name: span.name,
                 });
             }
@@ -405,5 +409,49 @@ async fn with_the_collector_away_requests_are_served_and_drops_are_counted() {
     let traces = &server.app.telemetry.metrics.traces;
     assert_eq!(traces.dropped("export_failed"), requests * HELLO_SPANS);
     assert_eq!((traces.exported(), traces.dropped("queue_full")), (0, 0));
+    server.stop().await;
+}
+
+/// The example app's aggregate request as a trace, printed as a tree (the
+/// README shows one): `cargo test -p wharf-tests --test all -- --ignored
+/// --nocapture the_example_apps_aggregate_trace`.
+#[tokio::test]
+#[ignore = "prints a trace for the README"]
+async fn the_example_apps_aggregate_trace() {
+    let collector = Collector::start().await;
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wharf.toml")).unwrap();
+    let example = example.replace("target/components/wasm32-wasip2/release", "{components}");
+    let manifest = format!("{}\n{example}", tracing_table(&collector.endpoint(), ""));
+    let (server, _dir) = TestServer::start(&manifest).await;
+    let reply = get(&http1_client(), &server.url("/aggregate")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let spans = collector
+        .wait_for("the tree", |s| s.iter().filter(|s| s.kind == SpanKind::Server).count() == 4)
+        .await;
+    let tracing = server.app.telemetry.tracing.clone().unwrap();
+    tokio::task::spawn_blocking(move || tracing.flush(Duration::from_secs(10))).await.unwrap();
+    let spans = collector.spans.lock().unwrap().clone();
+    let root = spans.iter().find(|s| s.parent.is_empty()).unwrap();
+    fn print(spans: &[Got], span: &Got, origin: u64, depth: usize) {
+        let keys = ["http.route", "http.response.status_code", "url.full", "wharf.component", "wharf.instance", "db.operation.name", "db.system.name"];
+        let attributes: Vec<String> =
+            keys.iter().filter_map(|k| span.attributes.get(*k).map(|v| format!("{k}={v}"))).collect();
+        println!(
+            "{:>8.3} ms {:>8.3} ms  {}{} [{:?}] {}",
+            (span.start_ns - origin) as f64 / 1e6,
+            (span.end_ns - span.start_ns) as f64 / 1e6,
+            "  ".repeat(depth),
+            span.name,
+            span.kind,
+            attributes.join(" ")
+        );
+        let mut under: Vec<&Got> = children(spans, span);
+        under.sort_by_key(|s| s.start_ns);
+        for child in under {
+            print(spans, child, origin, depth + 1);
+        }
+    }
+    println!("trace {}", root.trace_id);
+    print(&spans, root, root.start_ns, 0);
     server.stop().await;
 }
