@@ -465,3 +465,49 @@ async fn measure_swap_latency() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn during_the_drain_delay_the_host_serves_says_not_ready_and_sends_clients_away() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    // A delay far longer than the test: it ends with the second signal.
+    let manifest = "[server]\nkey_value = \"memory\"\ndrain_delay_secs = 600\nshutdown_timeout_secs = 5\n\n[[route]]\npath = \"/hello\"\ncomponent = \"hello\"\n\n[component.hello]\nsource = \"{components}/hello.wasm\"\n";
+    let (mut server, _dir) = TestServer::start(manifest).await;
+    let client = http1_client();
+    let (ready, live) = (server.admin_url("/readyz"), server.admin_url("/livez"));
+    assert_eq!(get(&client, &ready).await.status, 200);
+    let alive = get(&client, &live).await;
+    assert_eq!((alive.status, alive.json()["status"].as_str()), (200, Some("alive")));
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut h2, h2_connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    let h2_connection = tokio::spawn(h2_connection);
+    let hello =
+        http::Request::get(server.url("/hello")).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    assert_eq!(h2.send_request(hello).await.unwrap().status(), 200);
+
+    server.begin_shutdown();
+    eventually("the drain begun", 5 * SECOND, || server.app.is_draining()).await;
+    let readiness = get(&client, &ready).await;
+    assert_eq!((readiness.status, readiness.json()["status"].as_str()), (503, Some("draining")));
+    assert_eq!(get(&client, &server.admin_url("/healthz")).await.json()["status"], "draining");
+    assert_eq!(get(&client, &live).await.status, 200, "draining is not dying");
+    // The HTTP/2 connection is sent GOAWAY and ends...
+    tokio::time::timeout(10 * SECOND, h2_connection)
+        .await
+        .expect("GOAWAY ends the connection")
+        .unwrap()
+        .unwrap();
+    // ...while new connections are still accepted and served, each told to
+    // close after its response.
+    for _ in 0..3 {
+        let reply = get(&http1_client(), &server.url("/hello")).await;
+        assert_eq!(
+            (reply.status, reply.headers.get("connection").map(|v| v.to_str().unwrap())),
+            (200, Some("close"))
+        );
+    }
+    // The second signal ends the delay: the listener closes, then the drain.
+    server.app.cancel_in_flight();
+    server.wait_stopped().await;
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "no longer accepting");
+}

@@ -144,12 +144,17 @@ async fn while_redis_is_away_calls_fail_fast_limits_follow_the_policy_and_it_all
     let health = get(&client, &server.admin_url("/healthz")).await.json();
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["redis"]["status"], "degraded");
+    let readiness = get(&client, &server.admin_url("/readyz")).await;
+    assert_eq!((readiness.status, readiness.json()["status"].as_str()), (503, Some("redis_down")));
 
     // With the local fallback, requests go through and the key-value calls
     // fail within the timeout.
     server.stop().await;
     let manifest = app(&redis, &limits.replace("\"deny\"", "\"local\""));
     let (server, _dir) = TestServer::start(&manifest).await;
+    // Readiness may leave Redis out of it.
+    let lenient = manifest.replace("[server]", "[server]\nreadiness_requires_redis = false");
+    let (tolerant, _lenient_dir) = TestServer::start(&lenient).await;
     for _ in 0..3 {
         let started = Instant::now();
         let reply = get(&client, &server.url("/api")).await;
@@ -163,6 +168,10 @@ async fn while_redis_is_away_calls_fail_fast_limits_follow_the_policy_and_it_all
         assert!(took < REDIS_TIMEOUT + SECOND, "took {took:?} against a 500 ms timeout");
     }
     assert_eq!(get(&client, &server.url("/hello")).await.status, 200, "local buckets took over");
+    get(&client, &tolerant.url("/api")).await;
+    assert_eq!(get(&client, &tolerant.admin_url("/healthz")).await.json()["status"], "degraded");
+    assert_eq!(get(&client, &tolerant.admin_url("/readyz")).await.status, 200);
+    tolerant.stop().await;
 
     // Redis is back: no restart needed, and nothing told ok was lost.
     redis.restart().await;
@@ -178,6 +187,7 @@ async fn while_redis_is_away_calls_fail_fast_limits_follow_the_policy_and_it_all
     assert_eq!(next, told_ok + 1, "every increment a guest was told of survived");
     let health = get(&client, &server.admin_url("/healthz")).await.json();
     assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(get(&client, &server.admin_url("/readyz")).await.status, 200);
     server.stop().await;
 }
 

@@ -425,15 +425,21 @@ async fn the_example_apps_aggregate_trace() {
     let (server, _dir) = TestServer::start(&manifest).await;
     let reply = get(&http1_client(), &server.url("/aggregate")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let spans = collector
-        .wait_for("the tree", |s| s.iter().filter(|s| s.kind == SpanKind::Server).count() == 4)
-        .await;
+    collector.wait_for("the tree", |s| s.iter().filter(|s| s.kind == SpanKind::Server).count() == 4).await;
     let tracing = server.app.telemetry.tracing.clone().unwrap();
     tokio::task::spawn_blocking(move || tracing.flush(Duration::from_secs(10))).await.unwrap();
     let spans = collector.spans.lock().unwrap().clone();
     let root = spans.iter().find(|s| s.parent.is_empty()).unwrap();
     fn print(spans: &[Got], span: &Got, origin: u64, depth: usize) {
-        let keys = ["http.route", "http.response.status_code", "url.full", "wharf.component", "wharf.instance", "db.operation.name", "db.system.name"];
+        let keys = [
+            "http.route",
+            "http.response.status_code",
+            "url.full",
+            "wharf.component",
+            "wharf.instance",
+            "db.operation.name",
+            "db.system.name",
+        ];
         let attributes: Vec<String> =
             keys.iter().filter_map(|k| span.attributes.get(*k).map(|v| format!("{k}={v}"))).collect();
         println!(

@@ -7,6 +7,7 @@
 //! The app is the composition root: it uses every lower part (policy,
 //! runtime, capabilities, telemetry, manifest); `http` serves it.
 
+pub mod health;
 pub mod reload;
 pub mod routes;
 pub mod signals;
@@ -40,6 +41,8 @@ pub struct App {
     pub(crate) admin_auth: Option<crate::policy::BearerAuth>,
     /// The shared Redis, when the key-value backend or the rate limits use it.
     pub redis: Option<Arc<SharedRedis>>,
+    /// The server threads' heartbeats, for `/livez`.
+    pub heartbeats: health::Heartbeats,
     lifecycle: Lifecycle,
 }
 
@@ -50,8 +53,10 @@ struct Lifecycle {
     /// Serialises reloads; the route table itself is swapped lock-free.
     reloading: Mutex<()>,
     watcher: Mutex<Option<reload::ComponentWatcher>>,
-    /// Set when a graceful shutdown begins.
+    /// Set when a graceful shutdown begins (read on every response).
     draining: std::sync::atomic::AtomicBool,
+    /// The same, for connections to wait on (HTTP/2 ones then go away).
+    drain_started: tokio::sync::watch::Sender<bool>,
     /// Set on a second shutdown signal: cancel what is still in flight.
     force_stop: tokio::sync::watch::Sender<bool>,
 }
@@ -162,11 +167,13 @@ impl App {
             runtime,
             telemetry,
             started_at: std::time::Instant::now(),
+            heartbeats: health::Heartbeats::default(),
             lifecycle: Lifecycle {
                 manifest: Mutex::new(manifest.clone()),
                 reloading: Mutex::new(()),
                 watcher: Mutex::new(None),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                drain_started: tokio::sync::watch::Sender::new(false),
                 force_stop: tokio::sync::watch::Sender::new(false),
             },
             settings,
@@ -177,10 +184,26 @@ impl App {
         Ok(app)
     }
 
-    /// Notes that a graceful shutdown has begun: responses from now on
-    /// tell HTTP/1.1 clients the connection closes.
+    /// Notes that a graceful shutdown has begun: readiness says 503,
+    /// responses from now on tell HTTP/1.1 clients the connection closes,
+    /// and HTTP/2 connections are sent GOAWAY.
     pub fn begin_drain(&self) {
         self.lifecycle.draining.store(true, std::sync::atomic::Ordering::Release);
+        self.lifecycle.drain_started.send_replace(true);
+    }
+
+    /// Resolves (`wait_for(|d| *d)`) once a graceful shutdown has begun.
+    pub fn drain_started(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lifecycle.drain_started.subscribe()
+    }
+
+    /// Why the host should get no traffic now, if it should not.
+    pub fn not_ready(&self) -> Option<health::NotReady> {
+        if self.is_draining() {
+            return Some(health::NotReady::Draining);
+        }
+        let redis_down = self.redis.as_ref().is_some_and(|redis| redis.is_down());
+        (redis_down && self.settings.readiness_requires_redis).then_some(health::NotReady::RedisDown)
     }
 
     /// Whether a graceful shutdown has begun.

@@ -1,4 +1,7 @@
 //! The admin listener, on its own address (loopback by default): `GET
+//! /livez` (200 while every server thread turns; 503 when one has stalled),
+//! `GET /readyz` (200, or 503 while draining or while Redis is away for an
+//! app that needs it), `GET
 //! /healthz` (JSON: status, uptime, in-flight requests, live instances, each
 //! route's queue depth, loaded components with digests) and `GET /metrics`
 //! (Prometheus text format), and `POST /admin/reload` (the whole manifest,
@@ -76,7 +79,9 @@ pub async fn serve(
             let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
             // Nothing drains or cancels admin connections: they are dropped.
             let (_keep, never) = tokio::sync::watch::channel(false);
-            connection::watch(connection, &state, never.clone(), never).await;
+            let signals =
+                connection::Signals { going_away: never.clone(), drain: never.clone(), cancel: never };
+            connection::watch(connection, &state, signals).await;
         });
     }
 }
@@ -92,6 +97,19 @@ async fn route(
     }
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json(health(app)),
+        (&Method::GET, "/livez") => {
+            let stalled = app.heartbeats.stalled();
+            let status = if stalled == 0 { "alive" } else { "stalled" };
+            with_status(
+                json(serde_json::json!({ "status": status, "stalled_threads": stalled })),
+                stalled == 0,
+            )
+        }
+        (&Method::GET, "/readyz") => {
+            let not_ready = app.not_ready();
+            let status = not_ready.map_or("ready", |reason| reason.as_str());
+            with_status(json(serde_json::json!({ "status": status })), not_ready.is_none())
+        }
         (&Method::GET, "/metrics") => {
             let text = app.telemetry.metrics.render(&snapshot(app));
             let mut response = http::Response::new(response::boxed(Full::new(Bytes::from(text))));
@@ -178,8 +196,16 @@ pub fn health(app: &App) -> serde_json::Value {
     let metrics = &app.telemetry.metrics;
     let redis = app.redis.as_ref().map(|redis| redis.health());
     let degraded = app.redis.as_ref().is_some_and(|redis| redis.is_down());
+    let status = if app.is_draining() {
+        "draining"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
     serde_json::json!({
-        "status": if degraded { "degraded" } else { "ok" },
+        "status": status,
+        "ready": app.not_ready().is_none(),
         "redis": redis,
         "uptime_secs": app.started_at.elapsed().as_secs(),
         "in_flight": app.admission.in_flight(),
@@ -194,6 +220,14 @@ pub fn health(app: &App) -> serde_json::Value {
         "routes": routes,
         "components": components,
     })
+}
+
+/// `response`, or the same as 503 when not `ok` (probes read the status).
+fn with_status(mut response: http::Response<ResponseBody>, ok: bool) -> http::Response<ResponseBody> {
+    if !ok {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
 }
 
 fn json(value: serde_json::Value) -> http::Response<ResponseBody> {

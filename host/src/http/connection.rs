@@ -372,20 +372,36 @@ fn told_to_calm_down(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What the server tells a connection while it lives.
+pub struct Signals {
+    /// A drain has begun: an HTTP/2 connection is sent GOAWAY (its
+    /// streams finish; the client opens new ones elsewhere), an HTTP/1 one
+    /// goes on (its responses say `connection: close`).
+    pub going_away: tokio::sync::watch::Receiver<bool>,
+    /// The listeners have stopped: finish gracefully.
+    pub drain: tokio::sync::watch::Receiver<bool>,
+    /// The shutdown gave up: end now.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Serves `connection` under `state`'s deadlines until it ends, a deadline
-/// ends it, `drain` asks it to finish gracefully, or `cancel` gives up on it.
-pub async fn watch<C: GracefulConnection>(
-    connection: C,
-    state: &ConnectionState,
-    mut drain: tokio::sync::watch::Receiver<bool>,
-    mut cancel: tokio::sync::watch::Receiver<bool>,
-) -> Ended {
+/// ends it, `signals` ask it to go away or finish gracefully, or to end.
+pub async fn watch<C: GracefulConnection>(connection: C, state: &ConnectionState, signals: Signals) -> Ended {
+    let Signals { going_away: mut drain_begun, mut drain, mut cancel } = signals;
     let mut connection = std::pin::pin!(connection);
     let timer = tokio::time::sleep_until(state.accepted + state.deadlines.header_read);
     let mut timer = std::pin::pin!(timer);
     let mut draining = false;
     let mut going_away: Option<&'static str> = None;
+    let mut drain_has_begun = false;
     loop {
+        // An HTTP/2 connection is known as one only once its preface is
+        // read, so this is checked again at every turn after the drain
+        // begins.
+        if drain_has_begun && !draining && state.http2.load(Ordering::Relaxed) {
+            draining = true;
+            connection.as_mut().graceful_shutdown();
+        }
         // Once GOAWAY is sent the timer stays at its grace period.
         let armed = match going_away {
             Some(_) => true,
@@ -434,6 +450,9 @@ pub async fn watch<C: GracefulConnection>(
                 }
             }
             () = state.changed.notified() => {}
+            _ = drain_begun.wait_for(|begun| *begun), if !drain_has_begun => {
+                drain_has_begun = true;
+            }
             _ = drain.wait_for(|stop| *stop), if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();

@@ -35,6 +35,9 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
         Arc::new(InProcess(Arc::downgrade(&app)));
     let _ = app.runtime.capabilities().outbound.self_dispatch.set(self_dispatch);
     let refusals = Arc::new(Refusals::default());
+    // When the last connection was accepted (ms since the app started),
+    // for the shutdown's log lines.
+    let last_accept = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for (index, socket) in listeners.sockets.into_iter().enumerate() {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -42,6 +45,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
         let stop = stop_rx.clone();
         let tls = listeners.tls.clone();
         let refusals = refusals.clone();
+        let last_accept = last_accept.clone();
         std::thread::Builder::new()
             .name(format!("wharf-worker-{index}"))
             .spawn(move || {
@@ -56,7 +60,9 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
                     })
                     .build()
                     .context("cannot start a worker runtime")
-                    .and_then(|runtime| runtime.block_on(serve(socket, app, tls, refusals, stop)));
+                    .and_then(|runtime| {
+                        runtime.block_on(serve(socket, app, tls, refusals, last_accept, stop))
+                    });
                 crate::telemetry::batch::flush_this_thread();
                 let _ = done_tx.send(result);
             })
@@ -75,15 +81,27 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     };
 
     shutdown.await;
+    app.begin_drain();
+    let delay = app.settings.drain_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "drain begun: readiness 503, HTTP/1 responses close their connections, HTTP/2 ones get GOAWAY; still accepting"
+        );
+        let mut cancel = app.cancel_requested();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = cancel.wait_for(|cancel| *cancel) => {}
+        }
+    }
     let draining = app.admission.in_flight();
     let cancelled_before = app.telemetry.metrics.cancelled_total();
+    let _ = stop_tx.send(true);
     tracing::info!(
         draining,
         timeout = ?app.settings.shutdown_timeout,
         "shutting down: no new connections; draining requests in flight"
     );
-    app.begin_drain();
-    let _ = stop_tx.send(true);
     for worker in workers {
         worker.await.context("a worker thread died")??;
     }
@@ -105,7 +123,13 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     // Requests still running when the drain gave up were dropped with their
     // runtime, and their records counted them as cancelled.
     let cancelled = app.telemetry.metrics.cancelled_total() - cancelled_before;
-    tracing::info!(drained = draining.saturating_sub(cancelled as usize), cancelled, "shutdown complete");
+    let last_accepted_ms = last_accept.load(Ordering::Relaxed);
+    tracing::info!(
+        drained = draining.saturating_sub(cancelled as usize),
+        cancelled,
+        last_accepted_ms,
+        "shutdown complete (last_accepted_ms: when the last connection was accepted, in ms since start)"
+    );
     Ok(())
 }
 
@@ -139,8 +163,10 @@ pub(super) fn connection_builder(
 /// request paid a syscall and a spurious wake-up (measured: 0.45 `write`
 /// calls a request at c=100, 0.02 with the anchor). Costs one wake-up a
 /// second on an idle thread.
-async fn timer_anchor() {
+/// The anchor is also the thread's heartbeat for `/livez`.
+async fn timer_anchor(heartbeat: crate::app::health::Heartbeat) {
     loop {
+        heartbeat.beat();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -150,10 +176,12 @@ async fn serve(
     app: Arc<App>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     refusals: Arc<Refusals>,
+    last_accept: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
-    tokio::spawn(timer_anchor());
+    let anchor = tokio::spawn(timer_anchor(app.heartbeats.register()));
+    let _anchor = AbortOnDrop(anchor);
     let builder = Arc::new(connection_builder(&app.settings.connections));
     let open = Arc::new(OpenConnections::default());
     loop {
@@ -178,6 +206,7 @@ async fn serve(
                         continue;
                     }
                 };
+                last_accept.store(app.started_at.elapsed().as_millis() as u64, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let connection = Connection {
                     app: app.clone(),
@@ -185,6 +214,7 @@ async fn serve(
                     tls: tls.clone(),
                     builder: builder.clone(),
                     drain: stop.clone(),
+                    going_away: app.drain_started(),
                     _open: open.enter(),
                     _slots: slots,
                 };
@@ -213,6 +243,7 @@ struct Connection {
     tls: Option<tokio_rustls::TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     drain: watch::Receiver<bool>,
+    going_away: watch::Receiver<bool>,
     _open: OpenGuard,
     _slots: ConnectionSlots,
 }
@@ -277,7 +308,12 @@ impl Connection {
             async move { Ok::<_, Infallible>(service::handle(app, request, caller).await) }
         });
         let connection = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
-        connection::watch(connection, state, self.drain.clone(), self.app.cancel_requested()).await
+        let signals = connection::Signals {
+            going_away: self.going_away.clone(),
+            drain: self.drain.clone(),
+            cancel: self.app.cancel_requested(),
+        };
+        connection::watch(connection, state, signals).await
     }
 }
 
@@ -294,6 +330,15 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         auto::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Aborts a task when dropped (the thread's anchor, when it stops serving).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -40,6 +40,13 @@ pub struct ServerSettings {
     pub threads: usize,
     /// How long a graceful shutdown waits for requests in flight. Default 30 s.
     pub shutdown_timeout: Duration,
+    /// How long after SIGTERM the host keeps accepting (readiness already
+    /// 503) before it stops and drains, so load balancers notice first.
+    /// Default 0.
+    pub drain_delay: Duration,
+    /// Whether `/readyz` says 503 while Redis is away (for an app that uses
+    /// it). Default true.
+    pub readiness_requires_redis: bool,
     /// Address of the admin listener (`/healthz`, `/metrics`, reload), or
     /// `None` for no admin listener. Default `127.0.0.1:3001`.
     pub admin_listen: Option<SocketAddr>,
@@ -422,6 +429,11 @@ impl ServerSettings {
                 Duration::from_secs(30),
                 "server.shutdown_timeout_secs",
             )?,
+            drain_delay: match raw.drain_delay_secs {
+                None | Some(0.0) => Duration::ZERO,
+                delay => parse_secs(delay, Duration::ZERO, "server.drain_delay_secs")?,
+            },
+            readiness_requires_redis: raw.readiness_requires_redis.unwrap_or(true),
         })
     }
 }
@@ -527,6 +539,8 @@ pub(super) struct RawServer {
     max_instance_memory_mb: Option<u64>,
     threads: Option<usize>,
     shutdown_timeout_secs: Option<f64>,
+    drain_delay_secs: Option<f64>,
+    readiness_requires_redis: Option<bool>,
     admin_listen: Option<String>,
     admin_auth: Option<RawAuth>,
     max_connections: Option<usize>,
