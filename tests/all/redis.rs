@@ -282,3 +282,23 @@ key_value_stores = ["second"]
     assert_eq!(kv("op=set&key=word&value=replacing".into()).await.status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_rolling_restart_behind_nginx_fails_no_request_and_loses_no_increment() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/run.sh");
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg("roll")
+        .env("WHARF", wharf_binary())
+        .output()
+        .await
+        .expect("run deploy/run.sh roll");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "deploy/run.sh roll failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ok: rolled 2 hosts under load with no failed request and no lost increment"),
+        "{stdout}"
+    );
+    println!("{stdout}");
+}

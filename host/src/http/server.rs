@@ -97,9 +97,12 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     let draining = app.admission.in_flight();
     let cancelled_before = app.telemetry.metrics.cancelled_total();
     let _ = stop_tx.send(true);
+    let last_connection_ms_ago =
+        (app.started_at.elapsed().as_millis() as u64).saturating_sub(last_accept.load(Ordering::Relaxed));
     tracing::info!(
         draining,
         timeout = ?app.settings.shutdown_timeout,
+        last_connection_ms_ago,
         "shutting down: no new connections; draining requests in flight"
     );
     for worker in workers {
@@ -123,13 +126,7 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     // Requests still running when the drain gave up were dropped with their
     // runtime, and their records counted them as cancelled.
     let cancelled = app.telemetry.metrics.cancelled_total() - cancelled_before;
-    let last_accepted_ms = last_accept.load(Ordering::Relaxed);
-    tracing::info!(
-        drained = draining.saturating_sub(cancelled as usize),
-        cancelled,
-        last_accepted_ms,
-        "shutdown complete (last_accepted_ms: when the last connection was accepted, in ms since start)"
-    );
+    tracing::info!(drained = draining.saturating_sub(cancelled as usize), cancelled, "shutdown complete");
     Ok(())
 }
 
