@@ -509,9 +509,15 @@ impl RedisServer {
     /// Starts it (again), on the same port and data, and waits until it
     /// answers.
     pub async fn restart(&mut self) {
+        self.start_with(&[]).await;
+    }
+
+    /// Starts it with `extra` arguments and waits until it answers.
+    async fn start_with(&mut self, extra: &[&str]) {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
@@ -549,5 +555,82 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real Redis Cluster on loopback: `masters` masters with one replica
+/// each, made with `redis-cli --cluster create`; stopped when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(masters: usize) -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * 2 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut node = RedisServer { port, dir: tempfile::tempdir().unwrap(), child: None };
+            node.start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]).await;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (it comes with redis-server)");
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            let port = node.port;
+            eventually("the cluster is ok on every node", std::time::Duration::from_secs(30), || {
+                cluster.cli(port, &["cluster", "info"]).contains("cluster_state:ok")
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// `redis_url` for the cluster: its masters' addresses.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .take(3)
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// What `redis-cli -p PORT ARGS...` prints.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The master serving `key`'s slot and its replica, as ports.
+    pub fn master_and_replica_of(&self, key: &str) -> (u16, u16) {
+        let any = self.nodes[0].port;
+        let slot: u16 = self.cli(any, &["cluster", "keyslot", key]).trim().parse().unwrap();
+        let table = self.cli(any, &["cluster", "nodes"]);
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+        let port_of = |row: &Vec<&str>| -> u16 { row[1].split(['@', ':']).nth(1).unwrap().parse().unwrap() };
+        let master = rows
+            .iter()
+            .find(|row| {
+                row[2].contains("master")
+                    && row[8..].iter().any(|range| {
+                        let (from, to) = range.split_once('-').unwrap_or((range, range));
+                        matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                    })
+            })
+            .expect("a master for the slot");
+        let replica = rows.iter().find(|row| row[3] == master[0]).expect("a replica of that master");
+        (port_of(master), port_of(replica))
     }
 }

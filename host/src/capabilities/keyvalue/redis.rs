@@ -4,7 +4,9 @@
 //! `wharf:kv:{STORE}`) live together. Every write is one server-side
 //! script (atomic: a batch is applied whole, an increment is one
 //! `INCRBY`), keeping the store's key count for `max_keys_per_store`;
-//! reads are `MGET`; `list-keys` pages with `SCAN` and its cursor.
+//! reads are `MGET`; `list-keys` pages with `SCAN` and its cursor, inside a
+//! script keyed by the store so that on a cluster it runs on the node that
+//! holds the store.
 //!
 //! Every call is bounded by the Redis timeout; a guest gets the
 //! interface's error when Redis is away, and a write it was told succeeded
@@ -86,6 +88,13 @@ static COMPARE_AND_SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
         return 1
         ",
     )
+});
+
+/// `SCAN ARGV[1] MATCH ARGV[2] COUNT ARGV[3]` on the node that holds
+/// KEYS[1] (the store's count key): a cluster routes a script by its keys,
+/// and a store's keys share its slot.
+static LIST_KEYS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new("return redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])")
 });
 
 /// Key-value stores in Redis.
@@ -224,15 +233,15 @@ impl Backend for RedisBackend {
                 _ => 0,
             };
             let pattern = store_pattern(&store);
+            let count = count_key(&store);
             let (next, keys): (u64, Vec<String>) = redis
                 .run(|mut connection| async move {
-                    redis::cmd("SCAN")
+                    LIST_KEYS
+                        .key(&count)
                         .arg(cursor)
-                        .arg("MATCH")
                         .arg(&pattern)
-                        .arg("COUNT")
                         .arg(limit)
-                        .query_async(&mut connection)
+                        .invoke_async(&mut connection)
                         .await
                 })
                 .await
