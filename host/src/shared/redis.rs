@@ -59,10 +59,13 @@ enum Target {
     Single(ConnectionManager),
     /// Connected at the first call (and again after a failed connect), so
     /// the host starts while the cluster is away.
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        connection: tokio::sync::OnceCell<ClusterConnection>,
-    },
+    Cluster(Box<ClusterTarget>),
+}
+
+/// A cluster's client and its connection, once made.
+struct ClusterTarget {
+    client: redis::cluster::ClusterClient,
+    connection: tokio::sync::OnceCell<ClusterConnection>,
 }
 
 /// Why a Redis call failed.
@@ -102,7 +105,7 @@ impl SharedRedis {
                 .map_err(|e| {
                     anyhow::anyhow!("server.redis_url {:?} does not name a cluster: {e}", redact(url))
                 })?;
-            Target::Cluster { client, connection: tokio::sync::OnceCell::new() }
+            Target::Cluster(Box::new(ClusterTarget { client, connection: tokio::sync::OnceCell::new() }))
         } else {
             let client = redis::Client::open(url)
                 .map_err(|e| anyhow::anyhow!("server.redis_url {:?} is not a Redis URL: {e}", redact(url)))?;
@@ -158,8 +161,9 @@ impl SharedRedis {
     async fn connection(&self) -> redis::RedisResult<Connection> {
         match &self.target {
             Target::Single(connection) => Ok(Connection::Single(connection.clone())),
-            Target::Cluster { client, connection } => {
-                let connection = connection.get_or_try_init(|| client.get_async_connection()).await?;
+            Target::Cluster(cluster) => {
+                let connection =
+                    cluster.connection.get_or_try_init(|| cluster.client.get_async_connection()).await?;
                 Ok(Connection::Cluster(connection.clone()))
             }
         }
@@ -188,7 +192,7 @@ impl SharedRedis {
     pub fn health(&self) -> serde_json::Value {
         serde_json::json!({
             "url": self.url_for_logs,
-            "cluster": matches!(self.target, Target::Cluster { .. }),
+            "cluster": matches!(self.target, Target::Cluster(_)),
             "status": if self.is_down() { "degraded" } else { "ok" },
             "outages": self.outages.load(Ordering::Relaxed),
             "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
