@@ -693,6 +693,10 @@ async fn the_admin_listener_takes_a_bearer_token() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(send(&client, with_token).await.status, 200);
+    // The probes answer without one: they say only yes or no.
+    for path in ["/livez", "/readyz"] {
+        assert_eq!(get(&client, &server.admin_url(path)).await.status, 200, "{path}");
+    }
 }
 
 /// Opens up to 20,000 HTTP/2 streams on one connection, resetting each at

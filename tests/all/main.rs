@@ -7,6 +7,7 @@ static GLOBAL: wharf::runtime::host_memory::CountingAllocator =
     wharf::runtime::host_memory::CountingAllocator;
 
 mod admission;
+mod deploy;
 mod foundation;
 mod harness;
 mod host_memory;
