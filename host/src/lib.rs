@@ -10,7 +10,8 @@
 //!   connection handling and drain, the request path around a component,
 //!   the host's own responses, the admin listener.
 //! - [`app`]: the composition root: [`App`] (one server's parts),
-//!   the route table, hot-swap and manifest reload, Unix signals.
+//!   the route table, hot-swap and manifest reload, Unix signals, liveness
+//!   and readiness.
 //! - [`policy`]: admission control: concurrency, rate limits, worker
 //!   pools, auth, client identity; each rejection and its status code.
 //! - [`runtime`]: the engines (WASI 0.2 and 0.3) and instance pools, loading
@@ -18,9 +19,10 @@
 //!   through one instance, fair CPU, instance reuse.
 //! - [`capabilities`]: what guests import: `wasi:keyvalue` and its backends,
 //!   the outbound HTTP client and its breakers, stdout and stderr.
-//! - [`telemetry`]: the request record, the access log, the metrics.
-//! - [`shared`]: state shared by many hosts: the Redis connection the
-//!   key-value backend and the shared rate limits use.
+//! - [`telemetry`]: the request record, the access log, the metrics, the
+//!   OpenTelemetry traces and their export.
+//! - [`shared`]: state shared by many hosts: the Redis (or Redis Cluster)
+//!   connection the key-value backend and the shared rate limits use.
 //! - [`manifest`]: `wharf.toml` and Spin's `spin.toml`, each parsed into
 //!   its own raw types and resolved into one [`manifest::Manifest`] with
 //!   clear errors; running components' build commands. It depends on

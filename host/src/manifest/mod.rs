@@ -15,7 +15,7 @@ pub mod components;
 pub mod routes;
 pub mod settings;
 pub mod spin;
-mod traces;
+pub mod traces;
 pub mod variables;
 mod wharf;
 

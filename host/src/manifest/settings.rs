@@ -71,7 +71,7 @@ pub struct ServerSettings {
     /// The outbound HTTP client's settings (`[outbound]`).
     pub outbound: OutboundSettings,
     /// Where traces go (`[tracing]`); off by default.
-    pub tracing: crate::telemetry::trace::TraceSettings,
+    pub tracing: super::traces::TraceSettings,
     /// How many `http://self` requests deep a chain may go; deeper ones get
     /// 508 Loop Detected. Default 4.
     pub max_self_hops: u32,

@@ -6,7 +6,8 @@
 //! events written at most once a second ([`summary`]), and OpenTelemetry
 //! spans exported over OTLP when configured ([`trace`]).
 //!
-//! Everything else uses this module; it uses nothing of the server's.
+//! Everything else uses this module; it uses nothing of the server's but
+//! the settings types the manifest validates.
 
 pub mod access_log;
 pub mod batch;

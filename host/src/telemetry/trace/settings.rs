@@ -1,70 +1,12 @@
-//! Where traces go and how many: the `[tracing]` table as validated, and
-//! its resolution against the standard OpenTelemetry environment
+//! Where traces go and how many: the `[tracing]` table (as the manifest
+//! validated it) resolved against the standard OpenTelemetry environment
 //! variables (the table wins where both say something).
 
+pub use crate::manifest::traces::{SamplerSpec, TraceSettings};
 use anyhow::{Context as _, Result, bail};
 use std::time::Duration;
 
-/// The `[tracing]` table, validated; every field optional.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TraceSettings {
-    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended).
-    pub endpoint: Option<String>,
-    /// `service.name` of every span.
-    pub service_name: Option<String>,
-    /// Which traces are recorded.
-    pub sampler: Option<SamplerSpec>,
-    /// Spans waiting for export at most; more are dropped and counted.
-    pub max_queue_spans: Option<usize>,
-    /// Spans in one export request at most.
-    pub max_export_batch: Option<usize>,
-    /// The longest a span waits for a batch to fill.
-    pub schedule_delay: Option<Duration>,
-    /// How long one export may take.
-    pub export_timeout: Option<Duration>,
-}
-
-/// A sampler, named as `OTEL_TRACES_SAMPLER` names them.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SamplerSpec {
-    /// Every trace.
-    AlwaysOn,
-    /// None.
-    AlwaysOff,
-    /// This share of traces, decided by trace id.
-    TraceIdRatio(f64),
-    /// The parent's decision; for a root, the one inside.
-    ParentBasedAlwaysOn,
-    /// The parent's decision; no root is sampled.
-    ParentBasedAlwaysOff,
-    /// The parent's decision; a share of roots.
-    ParentBasedTraceIdRatio(f64),
-}
-
 impl SamplerSpec {
-    /// The sampler `name` (with `arg`, a ratio, for the ratio samplers).
-    pub fn parse(name: &str, arg: Option<f64>) -> Result<Self> {
-        let ratio = || -> Result<f64> {
-            let ratio = arg.unwrap_or(1.0);
-            if !(0.0..=1.0).contains(&ratio) {
-                bail!("the sampler's ratio must be between 0 and 1, not {ratio}");
-            }
-            Ok(ratio)
-        };
-        Ok(match name {
-            "always_on" => Self::AlwaysOn,
-            "always_off" => Self::AlwaysOff,
-            "traceidratio" => Self::TraceIdRatio(ratio()?),
-            "parentbased_always_on" => Self::ParentBasedAlwaysOn,
-            "parentbased_always_off" => Self::ParentBasedAlwaysOff,
-            "parentbased_traceidratio" => Self::ParentBasedTraceIdRatio(ratio()?),
-            other => bail!(
-                "unknown sampler {other:?}: always_on, always_off, traceidratio, parentbased_always_on, \
-                 parentbased_always_off or parentbased_traceidratio"
-            ),
-        })
-    }
-
     pub(super) fn to_sdk(self) -> opentelemetry_sdk::trace::Sampler {
         use opentelemetry_sdk::trace::Sampler;
         match self {
