@@ -430,8 +430,13 @@ impl ServerSettings {
                 "server.shutdown_timeout_secs",
             )?,
             drain_delay: match raw.drain_delay_secs {
-                None | Some(0.0) => Duration::ZERO,
-                delay => parse_secs(delay, Duration::ZERO, "server.drain_delay_secs")?,
+                None => Duration::ZERO,
+                Some(secs) if secs.is_finite() && (0.0..=3600.0).contains(&secs) => {
+                    Duration::from_secs_f64(secs)
+                }
+                Some(secs) => {
+                    bail!("server.drain_delay_secs must be a number of seconds from 0 to 3600, not {secs}")
+                }
             },
             readiness_requires_redis: raw.readiness_requires_redis.unwrap_or(true),
         })
