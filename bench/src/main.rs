@@ -151,15 +151,16 @@ fn main() -> Result<()> {
             workloads.extend([Workload::HelloP3, Workload::HelloP3Reuse, Workload::SpinHello]);
         }
         launches.push(wharf(name, binary, "wharf-bench.toml", &[], workloads, false)?);
-        launches.push(wharf(
-            &format!("{name}-delay"),
-            binary,
-            "wharf-bench-delay.toml",
-            &[],
-            vec![Workload::Overload],
-            false,
-        )?);
         if *name == "wharf" {
+            // Admission by queueing delay (an earlier build may not have it).
+            launches.push(wharf(
+                "wharf-delay",
+                binary,
+                "wharf-bench-delay.toml",
+                &[],
+                vec![Workload::Overload],
+                false,
+            )?);
             launches.push(wharf(
                 "wharf-spin",
                 binary,
@@ -196,9 +197,14 @@ fn main() -> Result<()> {
             }
             notes.push("wharf-traced-N: tracing on, N% of traces sampled, exported over OTLP/HTTP to a sink on loopback".into());
         }
+        // The stores: this build only (every server runs at once, and two
+        // cannot open one redb file).
+        if *name != "wharf" {
+            continue;
+        }
         let redb = vec![Workload::CounterRedb];
         launches.push(wharf(
-            &format!("{name}-redb"),
+            "wharf-redb",
             binary,
             "wharf-bench.toml",
             &["--kv", "redb"],
@@ -209,7 +215,7 @@ fn main() -> Result<()> {
             let workloads = vec![Workload::CounterRedis, Workload::HelloRedisRateLimit];
             let args = ["--redis-url", redis.url.as_str()];
             launches.push(wharf(
-                &format!("{name}-redis"),
+                "wharf-redis",
                 binary,
                 "wharf-bench-redis.toml",
                 &args,
