@@ -203,25 +203,11 @@ fn main() -> Result<()> {
             continue;
         }
         let redb = vec![Workload::CounterRedb];
-        launches.push(wharf(
-            "wharf-redb",
-            binary,
-            "wharf-bench.toml",
-            &["--kv", "redb"],
-            redb,
-            false,
-        )?);
+        launches.push(wharf("wharf-redb", binary, "wharf-bench.toml", &["--kv", "redb"], redb, false)?);
         if let Some(redis) = &redis {
             let workloads = vec![Workload::CounterRedis, Workload::HelloRedisRateLimit];
             let args = ["--redis-url", redis.url.as_str()];
-            launches.push(wharf(
-                "wharf-redis",
-                binary,
-                "wharf-bench-redis.toml",
-                &args,
-                workloads,
-                false,
-            )?);
+            launches.push(wharf("wharf-redis", binary, "wharf-bench-redis.toml", &args, workloads, false)?);
         }
     }
     let wasmtime = which("wasmtime");

@@ -450,7 +450,9 @@ pub async fn watch<C: GracefulConnection>(connection: C, state: &ConnectionState
                 }
             }
             () = state.changed.notified() => {}
-            _ = drain_begun.wait_for(|begun| *begun), if !drain_has_begun => {
+            // Only HTTP/2 connections act on it (HTTP/1 responses read the
+            // app's flag), so only they pay for watching it.
+            _ = drain_begun.wait_for(|begun| *begun), if !drain_has_begun && state.http2.load(Ordering::Relaxed) => {
                 drain_has_begun = true;
             }
             _ = drain.wait_for(|stop| *stop), if !draining => {
