@@ -209,7 +209,7 @@ allowed_outbound_hosts = ["http://127.0.0.1:*", "http://self"]
     assert_eq!(reply.status, 200, "{}", reply.body);
     let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
 
-    // Eleven spans: the aggregate's server, queue, guest and instantiate
+    // Sixteen spans: the aggregate's server, queue, guest and instantiate
     // spans and its three client spans; two self calls of four spans
     // each; the counter's key-value call.
     let spans = collector
