@@ -16,6 +16,13 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wharf::runtime::HandlerKind;
 use wharf::runtime::engine::{EngineSettings, build_engine};
 
+/// The allocator `wharf up` runs with (mimalloc, host allocations during a
+/// guest's host calls charged to its instance), so Wharf's rows cost what
+/// the server's requests do; the bare rows share it.
+#[global_allocator]
+static GLOBAL: wharf::runtime::host_memory::CountingAllocator =
+    wharf::runtime::host_memory::CountingAllocator;
+
 /// Requests a row measures (`PARTS_ROUNDS` overrides, e.g. to profile one).
 fn rounds() -> u32 {
     std::env::var("PARTS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(20_000)
