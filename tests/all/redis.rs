@@ -56,19 +56,24 @@ async fn count(server: &TestServer) -> u64 {
     reply.json()["request_num"].as_u64().unwrap()
 }
 
+/// `n` increments at once, alternating between two hosts.
+async fn increments_on_both(first: &TestServer, second: &TestServer, n: usize) -> Vec<Reply> {
+    let (one, two) = (http1_client(), http1_client());
+    let (url_one, url_two) = (first.url("/api"), second.url("/api"));
+    let requests = (0..n).map(|i| {
+        let (client, url) = if i % 2 == 0 { (&one, &url_one) } else { (&two, &url_two) };
+        get(client, url)
+    });
+    futures::future::join_all(requests).await
+}
+
 #[tokio::test]
 async fn two_hosts_count_exactly_together_and_a_restart_loses_nothing() {
     let redis = RedisServer::start().await;
     let manifest = app(&redis, "");
     let (first, _a) = TestServer::start(&manifest).await;
     let (second, _b) = TestServer::start(&manifest).await;
-    let (one, two) = (http1_client(), http1_client());
-    let (url_one, url_two) = (first.url("/api"), second.url("/api"));
-    let requests = (0..2000).map(|i| {
-        let (client, url) = if i % 2 == 0 { (&one, &url_one) } else { (&two, &url_two) };
-        get(client, url)
-    });
-    let replies = futures::future::join_all(requests).await;
+    let replies = increments_on_both(&first, &second, 2000).await;
     let mut seen = BTreeSet::new();
     for reply in &replies {
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -327,13 +332,7 @@ async fn a_redis_cluster_counts_exactly_shares_limits_and_survives_a_failover() 
     assert_eq!(health["redis"]["cluster"], true, "{health}");
 
     // Increments from both hosts at once: each number exactly once.
-    let (one, two) = (http1_client(), http1_client());
-    let (url_one, url_two) = (first.url("/api"), second.url("/api"));
-    let requests = (0..400).map(|i| {
-        let (client, url) = if i % 2 == 0 { (&one, &url_one) } else { (&two, &url_two) };
-        get(client, url)
-    });
-    let replies = futures::future::join_all(requests).await;
+    let replies = increments_on_both(&first, &second, 400).await;
     let numbers: BTreeSet<u64> = replies
         .iter()
         .map(|r| {
@@ -344,10 +343,11 @@ async fn a_redis_cluster_counts_exactly_shares_limits_and_survives_a_failover() 
     assert_eq!(numbers, (1..=400).collect::<BTreeSet<u64>>());
 
     // A route's limit, shared through the cluster: 30 in all, not per host.
+    let client = http1_client();
     let mut admitted = 0;
     for i in 0..60 {
         let url = if i % 2 == 0 { first.url("/hello") } else { second.url("/hello") };
-        match get(&one, &url).await.status {
+        match get(&client, &url).await.status {
             200 => admitted += 1,
             429 => {}
             other => panic!("status {other}"),
