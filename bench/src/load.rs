@@ -77,6 +77,7 @@ pub fn measure(
         idle_rss_mib: idle_rss / 1024.0,
         refused_share: if wrk.requests > 0 { wrk.non_2xx as f64 / wrk.requests as f64 } else { 0.0 },
         ok_p99_ms: wrk.p99_ms,
+        refused_p99_ms: 0.0,
     })
 }
 

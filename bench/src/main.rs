@@ -27,11 +27,11 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod closed_loop;
 mod guests;
 mod load;
 mod native;
 mod otlp_sink;
+mod overload;
 mod plot;
 mod report;
 mod servers;
@@ -145,8 +145,13 @@ fn main() -> Result<()> {
     };
     let guests = guests::build(&root, &mut notes);
     for (name, binary) in &wharf_builds {
-        let mut workloads =
-            vec![Workload::Hello, Workload::CounterMemory, Workload::Sleep, Workload::Overload];
+        let mut workloads = vec![
+            Workload::Hello,
+            Workload::CounterMemory,
+            Workload::Sleep,
+            Workload::Overload,
+            Workload::OverloadCpu,
+        ];
         if *name == "wharf" {
             workloads.extend([Workload::HelloP3, Workload::HelloP3Reuse, Workload::SpinHello]);
         }
@@ -158,7 +163,7 @@ fn main() -> Result<()> {
                 binary,
                 "wharf-bench-delay.toml",
                 &[],
-                vec![Workload::Overload],
+                vec![Workload::Overload, Workload::OverloadCpu],
                 false,
             )?);
             launches.push(wharf(
@@ -299,8 +304,8 @@ fn main() -> Result<()> {
         eprintln!("-- repetition {} of {repeats}", rep + 1);
         for &(index, workload, c) in &plan {
             let server = &servers[index].0;
-            let cell = if workload == Workload::Overload {
-                closed_loop::measure(server, workload, c, seconds, rep)?
+            let cell = if matches!(workload, Workload::Overload | Workload::OverloadCpu) {
+                overload::measure(server, workload, c, seconds, rep)?
             } else {
                 load::measure(server, workload, c, seconds, rep)?
             };

@@ -47,6 +47,7 @@ impl Row<'_> {
         cell.errors = self.reps.iter().map(|c| c.errors).sum();
         cell.refused_share = median(&self.values(|c| c.refused_share));
         cell.ok_p99_ms = median(&self.values(|c| c.ok_p99_ms));
+        cell.refused_p99_ms = median(&self.values(|c| c.refused_p99_ms));
         cell
     }
 }
@@ -187,24 +188,35 @@ fn table(out: &mut String, cells: &[Cell]) {
 
 /// The overload cells: what was served, how fast, and what was refused.
 fn overload(out: &mut String, cells: &[Cell]) {
-    let rows: Vec<Row> =
-        rows(cells).into_iter().filter(|r| r.first().workload == Workload::Overload).collect();
+    let rows: Vec<Row> = rows(cells)
+        .into_iter()
+        .filter(|r| matches!(r.first().workload, Workload::Overload | Workload::OverloadCpu))
+        .collect();
     if rows.is_empty() {
         return;
     }
     let _ = writeln!(
         out,
-        "\n## Overload\n\nHello far past capacity, by a closed-loop client of ours (wrk cannot tell the latency of \
-         the served from the refused): each connection sends its next request when the last is answered.\n"
+        "\n## Overload\n\nFar past capacity, by a client of ours (wrk cannot tell the latency of the served from \
+         the refused). Closed loop (hello): each of c connections sends its next request when the last is \
+         answered, so c requests are always outstanding and their mean latency is c over the rate answered, \
+         whatever the server does. Open loop (a guest burning 1 ms of CPU): {} requests a second offered \
+         whatever the server does, over a pool of c connections; a request's latency counts from when it was \
+         offered, including any wait for an idle connection.\n",
+        crate::overload::OFFERED_PER_SEC
     );
-    let _ = writeln!(out, "| c | server | served/s | p99 of served ms | refused | refused/s |");
-    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| load | c | server | served/s | p99 of served ms | refused | refused/s | p99 of refused ms |"
+    );
+    let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|---:|");
     for row in &rows {
         let cell = row.median();
         let refused_per_sec = cell.ok_per_sec * cell.refused_share / (1.0 - cell.refused_share).max(1e-9);
+        let load = if cell.workload == Workload::OverloadCpu { "open" } else { "closed" };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0}{} | {:.2}{} | {:.1}% | {:.0} |",
+            "| {load} | {} | {} | {:.0}{} | {:.2}{} | {:.1}% | {:.0} | {:.2} |",
             cell.concurrency,
             cell.server,
             cell.ok_per_sec,
@@ -213,6 +225,7 @@ fn overload(out: &mut String, cells: &[Cell]) {
             spread(&row.values(|c| c.ok_p99_ms), 2),
             cell.refused_share * 100.0,
             refused_per_sec,
+            cell.refused_p99_ms,
         );
     }
 }
@@ -293,11 +306,11 @@ impl Target {
 
 use Measure::{Cpu, KibInFlight, OkP99, P99, Rate};
 use Workload::{
-    CounterMemory, CounterRedb, Hello, HelloP3, HelloP3Reuse, JsHello, Overload, PythonHello,
+    CounterMemory, CounterRedb, Hello, HelloP3, HelloP3Reuse, JsHello, Overload, OverloadCpu, PythonHello,
     PythonHelloReuse, Sleep, SpinHello,
 };
 
-const TARGETS: [Target; 19] = [
+const TARGETS: [Target; 21] = [
     Target {
         what: "counter c=100: redb rate / in-memory rate",
         goal: ">= 0.50",
@@ -381,6 +394,20 @@ const TARGETS: [Target; 19] = [
         figure: Figure("{build}", Sleep, 2000, false, KibInFlight),
         over: None,
         unit: " KiB",
+    },
+    Target {
+        what: "overload, cpu 1 ms open loop: p99 of served by delay",
+        goal: "near the 10 ms target",
+        figure: Figure("{build}-delay", OverloadCpu, 1000, false, OkP99),
+        over: None,
+        unit: " ms",
+    },
+    Target {
+        what: "overload, cpu 1 ms open loop: served rate by delay / by count",
+        goal: ">= 0.9",
+        figure: Figure("{build}-delay", OverloadCpu, 1000, false, Rate),
+        over: Some(Figure("{build}", OverloadCpu, 1000, false, Rate)),
+        unit: "x",
     },
     Target {
         what: "overload c=5000, by delay: p99 of served",
@@ -527,6 +554,7 @@ mod tests {
             idle_rss_mib: 5.0,
             refused_share: 0.0,
             ok_p99_ms: p99_ms,
+            refused_p99_ms: 0.0,
         }
     }
 

@@ -28,6 +28,10 @@ pub enum Workload {
     /// Hello far past capacity (c=1,000 and 5,000): admission by count (the
     /// default) or by queueing delay.
     Overload,
+    /// A guest burning 1 ms of CPU, offered at a fixed rate of about twice
+    /// what the server can serve (an open loop over 1,000 connections),
+    /// where refusing is far cheaper than serving: the same two modes.
+    OverloadCpu,
     /// A Python hello (componentize-py), a fresh instance per request.
     PythonHello,
     /// The same, instances reused.
@@ -38,7 +42,7 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 13] = [
+    pub const ALL: [Workload; 14] = [
         Self::Hello,
         Self::CounterMemory,
         Self::CounterRedb,
@@ -49,6 +53,7 @@ impl Workload {
         Self::HelloRedisRateLimit,
         Self::SpinHello,
         Self::Overload,
+        Self::OverloadCpu,
         Self::PythonHello,
         Self::PythonHelloReuse,
         Self::JsHello,
@@ -66,6 +71,7 @@ impl Workload {
             Self::HelloRedisRateLimit => "hello + redis rate limit",
             Self::SpinHello => "spin-hello",
             Self::Overload => "hello (overload)",
+            Self::OverloadCpu => "cpu 1 ms (overload)",
             Self::PythonHello => "python hello",
             Self::PythonHelloReuse => "python hello (reuse)",
             Self::JsHello => "js hello",
@@ -83,6 +89,7 @@ impl Workload {
             Self::HelloRedisRateLimit => "/limited",
             Self::SpinHello => "/spin-hello",
             Self::Overload => "/hello",
+            Self::OverloadCpu => "/sleep?ms=1&mode=cpu",
             Self::PythonHello => "/python",
             Self::PythonHelloReuse => "/python-reuse",
             Self::JsHello => "/js",
@@ -97,6 +104,7 @@ impl Workload {
             Self::Sleep => &[100, 1000, 2000],
             Self::HelloP3 | Self::HelloP3Reuse | Self::HelloRedisRateLimit | Self::SpinHello => &[100],
             Self::Overload => &[1000, 5000],
+            Self::OverloadCpu => &[1000],
             Self::PythonHello | Self::PythonHelloReuse | Self::JsHello => &[10],
         }
     }
@@ -138,6 +146,8 @@ pub struct Cell {
     /// p99 of the successful responses alone (the overload cells; wrk's
     /// cells give all responses').
     pub ok_p99_ms: f64,
+    /// p99 of the refused responses alone (the overload cells).
+    pub refused_p99_ms: f64,
 }
 
 impl Cell {
