@@ -16,8 +16,11 @@ unset RUST_BACKTRACE
 
 # command -> Debian package
 declare -A package=([redis-server]=redis-server [redis-cli]=redis-tools [nginx]=nginx [curl]=curl [python3]=python3)
-# Where packages put binaries, also when they are not on this PATH.
-search="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+bin="$PWD/target/test-bin"
+# Where packages put binaries, also when they are not on this PATH; never
+# our own links (a PATH that has them already would link them to themselves).
+search="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$bin" | paste -sd: -)"
+search="$search:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 locate() { PATH="$search" command -v "$1" 2>/dev/null || true; }
 
@@ -47,7 +50,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo service nginx stop >/dev/null 2>&1 || true
 fi
 
-bin="$PWD/target/test-bin"
 mkdir -p "$bin"
 for tool in "${!package[@]}"; do
     found=$(locate "$tool")
