@@ -54,11 +54,12 @@ pub async fn serve(
         connections.spawn(async move {
             let _slot = slot;
             let settings = &app.settings.connections;
-            let state = ConnectionState::new(Deadlines {
+            let deadlines = Deadlines {
                 header_read: settings.header_read_timeout,
                 keepalive: settings.keepalive_timeout,
                 send: settings.send_timeout,
-            });
+            };
+            let state = ConnectionState::new(deadlines, false);
             let io = WatchedIo::new(stream, state.clone());
             let service =
                 service_fn({

@@ -22,6 +22,7 @@
 //! The watchdog reads cheap shared state: counters the request path and
 //! response bodies update, and a read hook on the socket.
 
+use super::arrival::ArrivalStamp;
 use crate::telemetry::record::{BoxError, EndedBy};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -73,11 +74,14 @@ pub struct ConnectionState {
     responses: Mutex<Vec<Arc<ResponseProgress>>>,
     changed: Notify,
     ended_by: EndedBy,
+    /// The kernel's arrival time of the last bytes read, when stamped.
+    arrival: Option<Arc<ArrivalStamp>>,
 }
 
 impl ConnectionState {
-    /// The state of a connection accepted now.
-    pub fn new(deadlines: Deadlines) -> Arc<Self> {
+    /// The state of a connection accepted now; `stamped` when its reads
+    /// note the kernel's arrival time (see [`arrival`](super::arrival)).
+    pub fn new(deadlines: Deadlines, stamped: bool) -> Arc<Self> {
         Arc::new(Self {
             accepted: Instant::now(),
             deadlines,
@@ -91,6 +95,7 @@ impl ConnectionState {
             responses: Mutex::default(),
             changed: Notify::new(),
             ended_by: EndedBy::default(),
+            arrival: stamped.then(Arc::default),
         })
     }
 
@@ -100,6 +105,16 @@ impl ConnectionState {
 
     fn at(&self, ms: u64) -> Instant {
         self.accepted + Duration::from_millis(ms)
+    }
+
+    /// Where the socket notes the kernel's arrival time, when stamped.
+    pub fn arrival(&self) -> Option<&Arc<ArrivalStamp>> {
+        self.arrival.as_ref()
+    }
+
+    /// How long ago the last bytes read reached the machine, when stamped.
+    pub fn waited(&self) -> Option<Duration> {
+        self.arrival.as_ref()?.waited()
     }
 
     /// Notes that the connection speaks HTTP/2.

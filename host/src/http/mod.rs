@@ -2,7 +2,8 @@
 //! ([`listener`], [`tls`]), the per-core runtimes that accept connections
 //! and drain them on shutdown ([`server`]), each connection's deadlines
 //! ([`connection`]), path normalisation ([`path`]), request bodies read
-//! ahead of admission under a pace ([`request_body`]), the request path
+//! ahead of admission under a pace ([`request_body`]), the kernel's arrival
+//! time of requests for admission by delay ([`arrival`]), the request path
 //! around a component ([`service`]) with Spin's conventions for Spin apps
 //! ([`spin`]), the host's own responses ([`response`]) and the admin
 //! listener ([`admin`]).
@@ -11,6 +12,7 @@
 //! policy, runtime and telemetry the app is made of.
 
 pub mod admin;
+pub mod arrival;
 pub mod connection;
 pub mod listener;
 pub mod path;

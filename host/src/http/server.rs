@@ -248,11 +248,17 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: tokio::net::TcpStream) {
         let settings = &self.app.settings.connections;
-        let state = ConnectionState::new(Deadlines {
-            header_read: settings.header_read_timeout,
-            keepalive: settings.keepalive_timeout,
-            send: settings.send_timeout,
-        });
+        // Admission by delay reads the kernel's arrival time of requests.
+        let stamped = self.app.settings.queue_delay.is_some() && super::arrival::enable(&stream).is_ok();
+        let state = ConnectionState::new(
+            Deadlines {
+                header_read: settings.header_read_timeout,
+                keepalive: settings.keepalive_timeout,
+                send: settings.send_timeout,
+            },
+            stamped,
+        );
+        let stream = super::arrival::StampedStream::new(stream, state.arrival().cloned());
         let io = WatchedIo::new(stream, state.clone());
         let ended = match &self.tls {
             None => self.serve_http(io, &state, false).await,

@@ -80,6 +80,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let in_flight = caller.connection.as_ref().map(|connection| connection.request_started());
+    let waited = caller.connection.as_ref().and_then(|connection| connection.waited());
     let identity = &app.admission.identity;
     let from_trusted_proxy = caller.origin.is_none() && identity.is_trusted_proxy(caller.peer);
     let request_id = request_id(&mut request, from_trusted_proxy);
@@ -110,6 +111,7 @@ where
             SocketAddr::new(caller.peer, caller.port)
         },
         target: caller.target,
+        reached: waited.and_then(|waited| std::time::Instant::now().checked_sub(waited)),
     };
     let response = match serve(&app, request, &mut record, context, arrival, &mut deadline).await {
         Served::Response(response) => response,
@@ -153,6 +155,8 @@ impl From<http::Response<ResponseBody>> for Served {
 struct Arrival {
     client: SocketAddr,
     target: Option<String>,
+    /// When its bytes reached the machine, if the socket stamps arrivals.
+    reached: Option<std::time::Instant>,
 }
 
 async fn serve<B>(
@@ -243,7 +247,7 @@ where
         tracing.span(server, "wharf.queue", opentelemetry::trace::SpanKind::Internal, vec![pool])
     });
     let mut queue = SpanGuard(queue);
-    let slots = match app.admission.try_admit(record.client) {
+    let slots = match app.admission.try_admit(record.client, arrival.reached) {
         Ok(slots) => slots,
         Err(rejection) => return Served::Rejected(rejection),
     };
@@ -274,6 +278,7 @@ where
     }
     match outcome {
         Ok(response) => response.map(response::boxed).into(),
+        Err(invoke::InvokeError::Shed) => Served::Rejected(Rejection::QueueDelay),
         Err(error) => {
             if error.is_timeout() {
                 record.set_timed_out();
@@ -295,9 +300,9 @@ struct Held {
 }
 
 impl invoke::InstanceSlots for Held {
-    fn started(&mut self) {
-        self.slots.started();
+    fn started(&mut self) -> bool {
         self.queue.end();
+        self.slots.started()
     }
 }
 

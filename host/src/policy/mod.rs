@@ -29,7 +29,7 @@ use anyhow::Result;
 use http::StatusCode;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a request was turned away before reaching its component.
@@ -192,11 +192,10 @@ pub struct RequestSlots {
 }
 
 impl RequestSlots {
-    /// The request's instance starts now (its wait in the queue is over).
-    pub fn started(&mut self) {
-        if let Some(queued) = &mut self.queued {
-            queued.started();
-        }
+    /// The request's instance would start now (its wait in the queue is
+    /// over); `false` if admission by delay refuses it instead.
+    pub fn started(&mut self) -> bool {
+        self.queued.as_mut().is_none_or(queue_delay::Queued::started)
     }
 }
 
@@ -251,11 +250,13 @@ impl Admission {
     }
 
     /// A slot under `max_requests_in_flight_per_client` for `client` and
-    /// one under `max_concurrent_requests`, without waiting.
-    pub fn try_admit(&self, client: IpAddr) -> Result<RequestSlots, Rejection> {
+    /// one under `max_concurrent_requests`, without waiting; `reached` is
+    /// when the request reached the machine, if known (its wait for
+    /// admission by delay starts there, else now).
+    pub fn try_admit(&self, client: IpAddr, reached: Option<Instant>) -> Result<RequestSlots, Rejection> {
         let queued = match self.queue_delay {
             None => None,
-            Some(spec) => Some(queue_delay::admit(spec).ok_or(Rejection::QueueDelay)?),
+            Some(spec) => Some(queue_delay::admit(spec, reached).ok_or(Rejection::QueueDelay)?),
         };
         let client = self.in_flight_per_client.try_acquire(client).ok_or(Rejection::ClientOverloaded)?;
         let server = self.permits.clone().try_acquire_owned().map_err(|_| Rejection::Overloaded)?;

@@ -3,17 +3,27 @@
 //! load far beyond capacity the requests that are served keep a latency
 //! near the target and the rest are refused at once.
 //!
-//! A request waits between being admitted and its instance starting (on
-//! its runtime thread's run queue, behind the others). Each runtime thread
-//! measures that wait (the sojourn) for every request it starts and, as
-//! CoDel does, looks at the smallest sojourn of each interval: above the
-//! target for a whole interval means a standing queue, not a burst. Then
-//! the thread is overloaded: it admits a request only while fewer than an
-//! allowance wait on it, refusing the rest with 503 at once (reason
-//! `queue_delay`). The allowance adapts each interval, down by a quarter
-//! while the queue stands, up by an eighth (at least one) while it does
-//! not; an interval that ends below the target with nothing refused ends
-//! the overload. Per thread, because each thread's queue is its own.
+//! A request waits from the moment its bytes reach the machine (the
+//! kernel's receive timestamp, see [`arrival`](crate::http::arrival); the
+//! moment of admission where there is none) until its instance starts: on
+//! its runtime thread's run queue, twice, once to be read and once to
+//! start. Each runtime thread measures that wait (the sojourn) for every
+//! request it starts and, as CoDel does, looks at the smallest sojourn of
+//! each interval: above the target for a whole interval means a standing
+//! queue, not a burst. Then the thread is overloaded, and sheds:
+//!
+//! - at admission, a request that has already waited past the target, and
+//!   any while an allowance of requests wait on the thread (the allowance
+//!   adapts each interval, down by a quarter while the queue stands, up by
+//!   an eighth, at least one, while it does not);
+//! - at the head of the queue, as CoDel drops there: a request whose
+//!   instance is about to start after waiting past the target (and on any
+//!   thread, one that waited a whole interval) is refused instead, before
+//!   any instance state is made.
+//!
+//! Refused requests get 503 with `Retry-After` (reason `queue_delay`). An
+//! interval that ends below the target with nothing refused ends the
+//! overload. Per thread, because each thread's queue is its own.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -48,21 +58,32 @@ thread_local! {
 /// A request admitted on this thread whose instance has not started yet.
 #[derive(Debug)]
 pub struct Queued {
-    admitted: Instant,
+    /// When the request reached the machine (or was admitted, if unknown).
+    reached: Instant,
     /// Still counted as waiting.
     waiting: bool,
 }
 
 impl Queued {
-    /// Its instance starts now: the wait is over and measured.
-    pub fn started(&mut self) {
-        if std::mem::take(&mut self.waiting) {
-            let now = Instant::now();
-            with(|c| {
-                c.waiting = c.waiting.saturating_sub(1);
-                c.sample(now.saturating_duration_since(self.admitted), now);
-            });
+    /// Its instance would start now: the wait is over and measured.
+    /// `false` if the request is to be refused instead, as CoDel drops at
+    /// the head of its queue: the thread is overloaded and this request
+    /// has already waited past the target, so serving it would only add a
+    /// late response to a standing queue.
+    pub fn started(&mut self) -> bool {
+        if !std::mem::take(&mut self.waiting) {
+            return true;
         }
+        let now = Instant::now();
+        let sojourn = now.saturating_duration_since(self.reached);
+        with(|c| {
+            c.waiting = c.waiting.saturating_sub(1);
+            c.sample(sojourn, now);
+            let late = sojourn > c.spec.target && (c.overloaded || sojourn > c.spec.interval);
+            c.refused_in_window |= late;
+            !late
+        })
+        .unwrap_or(true)
     }
 }
 
@@ -79,9 +100,12 @@ fn with<T>(f: impl FnOnce(&mut Controller) -> T) -> Option<T> {
 }
 
 /// Admits a request on this thread under `spec`, or refuses it (`None`)
-/// because the thread is overloaded.
-pub fn admit(spec: QueueDelaySpec) -> Option<Queued> {
+/// because the thread is overloaded; `reached` is when the request reached
+/// the machine, if known.
+pub fn admit(spec: QueueDelaySpec, reached: Option<Instant>) -> Option<Queued> {
     let now = Instant::now();
+    let reached = reached.map_or(now, |reached| reached.min(now));
+    let late = now.duration_since(reached) > spec.target;
     CONTROLLER.with(|cell| {
         let mut cell = cell.borrow_mut();
         let controller = cell.get_or_insert_with(|| Controller {
@@ -95,12 +119,12 @@ pub fn admit(spec: QueueDelaySpec) -> Option<Queued> {
         });
         controller.spec = spec;
         controller.roll(now);
-        if controller.overloaded && controller.waiting as f64 >= controller.allowance {
+        if controller.overloaded && (late || controller.waiting as f64 >= controller.allowance) {
             controller.refused_in_window = true;
             return None;
         }
         controller.waiting += 1;
-        Some(Queued { admitted: now, waiting: true })
+        Some(Queued { reached, waiting: true })
     })
 }
 
@@ -158,31 +182,56 @@ mod tests {
     fn a_burst_passes_a_standing_queue_is_shed_and_shedding_ends_when_it_drains() {
         // A fresh thread: its own controller.
         std::thread::spawn(|| {
-            let mut queue: Vec<Queued> = (0..50).map(|_| admit(SPEC).expect("not overloaded")).collect();
+            let mut queue: Vec<Queued> =
+                (0..50).map(|_| admit(SPEC, None).expect("not overloaded")).collect();
             // A burst: requests wait 20 ms, but not for a whole interval.
             std::thread::sleep(Duration::from_millis(20));
             for ticket in queue.iter_mut().take(5) {
-                ticket.started();
+                assert!(ticket.started(), "a burst is served");
             }
             assert!(!overloaded_here());
-            // The queue stands above the target for a whole interval.
+            // The queue stands above the target for a whole interval: the
+            // requests at its head are late, refused rather than started.
             std::thread::sleep(Duration::from_millis(100));
             for ticket in queue.iter_mut().skip(5).take(5) {
-                ticket.started();
+                assert!(!ticket.started(), "late at the head of a standing queue");
             }
-            let mut extra = (0..10).filter_map(|_| admit(SPEC)).collect::<Vec<_>>();
+            let mut extra = (0..10).filter_map(|_| admit(SPEC, None)).collect::<Vec<_>>();
             assert!(overloaded_here(), "a standing queue for an interval");
             assert!(extra.is_empty(), "40 wait, over the allowance: new ones are refused at once");
-            // The queue drains; the next interval's requests wait little.
-            for ticket in queue.iter_mut() {
-                ticket.started();
+            // A request that reached the machine a while before it was
+            // admitted is late already: refused at admission.
+            std::thread::sleep(Duration::from_millis(100));
+            for ticket in queue.iter_mut().skip(10) {
+                assert!(!ticket.started());
             }
+            let reached = Instant::now() - Duration::from_millis(50);
+            assert!(admit(SPEC, Some(reached)).is_none(), "waited 50 ms before admission");
+            // The queue has drained; the next interval's requests wait little.
+            let mut fresh = admit(SPEC, None).expect("under the allowance: admitted");
+            assert!(fresh.started());
+            // That interval still refused some: shedding goes on.
             std::thread::sleep(Duration::from_millis(100));
-            let mut fresh = admit(SPEC).expect("under the allowance: admitted");
-            fresh.started();
+            let mut next = admit(SPEC, None).expect("under the allowance: admitted");
+            assert!(next.started());
+            assert!(overloaded_here(), "the last interval refused requests");
             std::thread::sleep(Duration::from_millis(100));
-            extra.extend(admit(SPEC));
+            extra.extend(admit(SPEC, None));
             assert!(!overloaded_here(), "an interval below the target with nothing refused ends it");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_request_that_waited_a_whole_interval_is_refused_even_before_the_queue_is_seen_to_stand() {
+        std::thread::spawn(|| {
+            let reached = Instant::now() - Duration::from_millis(150);
+            let mut stale = admit(SPEC, Some(reached)).expect("not overloaded: admitted");
+            assert!(!stale.started(), "150 ms in the queue, past the 100 ms interval");
+            let reached = Instant::now() - Duration::from_millis(30);
+            let mut burst = admit(SPEC, Some(reached)).expect("not overloaded: admitted");
+            assert!(burst.started(), "30 ms: past the target, within a burst");
         })
         .join()
         .unwrap();

@@ -72,6 +72,10 @@ pub enum InvokeError {
     /// The instance tried to hold more resources than `max_resources`.
     #[error("instance killed: it tried to hold more resources than its max_resources")]
     TooManyResources,
+    /// Refused as its instance was to start: it had waited past
+    /// `queue_delay`'s target on an overloaded thread.
+    #[error("refused at the head of the queue: waited past queue_delay's target")]
+    Shed,
 }
 
 impl InvokeError {
@@ -80,7 +84,7 @@ impl InvokeError {
         use http::StatusCode;
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PoolExhausted | Self::Shed => StatusCode::SERVICE_UNAVAILABLE,
             Self::TimedOut | Self::LifetimeExceeded => StatusCode::GATEWAY_TIMEOUT,
             Self::Instantiation(_)
             | Self::Trapped(_)
@@ -159,8 +163,11 @@ fn phase_name(phase: u8) -> &'static str {
 /// What a request holds while its instance lives (admission permits, a
 /// worker slot), told when the instance starts.
 pub trait InstanceSlots: Send + 'static {
-    /// The instance starts now.
-    fn started(&mut self) {}
+    /// The instance starts now; `false` refuses the request instead
+    /// ([`InvokeError::Shed`]) before any instance state is made.
+    fn started(&mut self) -> bool {
+        true
+    }
 }
 
 impl InstanceSlots for () {}
@@ -189,7 +196,9 @@ where
     let task = tokio::spawn(async move {
         // Declared first, dropped last: the slots are free only once the
         // instance is gone, so a new request never meets a full pool.
-        slots.started();
+        if !slots.started() {
+            return Err(InvokeError::Shed);
+        }
         let _slots = slots;
         let telemetry = &runtime.telemetry;
         let mut request = request;
