@@ -312,7 +312,13 @@ max_host_memory_mb = 1
         .unwrap();
     let reply = send(&http1_client(), request).await;
     assert_eq!(reply.status, 200);
-    let spans = collector.wait_for("the echo's spans", |s| s.iter().any(|s| s.name == "wharf.guest")).await;
+    // The server span ends after the response, so it may come in a later
+    // export than the guest's.
+    let spans = collector
+        .wait_for("the echo's spans", |s| {
+            s.iter().any(|s| s.name == "wharf.guest") && s.iter().any(|s| s.kind == SpanKind::Server)
+        })
+        .await;
     let root = spans.iter().find(|s| s.kind == SpanKind::Server).unwrap();
     assert_eq!((root.trace_id.as_str(), root.parent.as_str()), (trace_id, "00f067aa0ba902b7"));
     let guest = spans.iter().find(|s| s.name == "wharf.guest").unwrap();
@@ -324,12 +330,13 @@ max_host_memory_mb = 1
     // A kill shows on the guest's span with its reason, and fails the trace.
     let reply = get(&http1_client(), &server.url("/fault?mode=fields")).await;
     assert_eq!(reply.status, 500, "{}", reply.body);
-    let spans = collector
-        .wait_for("the kill", |s| s.iter().any(|s| s.events.iter().any(|e| e == "wharf.kill")))
-        .await;
-    let killed = spans.iter().find(|s| s.events.iter().any(|e| e == "wharf.kill")).unwrap();
+    let killed_with_root = |spans: &[Got]| {
+        let killed = spans.iter().find(|s| s.events.iter().any(|e| e == "wharf.kill"))?;
+        Some((killed.clone(), spans.iter().find(|s| s.span_id == killed.parent)?.clone()))
+    };
+    let spans = collector.wait_for("the kill and its request", |s| killed_with_root(s).is_some()).await;
+    let (killed, root) = killed_with_root(&spans).unwrap();
     assert_eq!((killed.name.as_str(), killed.error), ("wharf.guest", true));
-    let root = spans.iter().find(|s| s.span_id == killed.parent).unwrap();
     assert_eq!((root.name.as_str(), root.error), ("GET /fault", true));
     assert_eq!(root.attributes["http.response.status_code"], "500");
     server.stop().await;
