@@ -23,8 +23,10 @@
 //!
 //! Refused requests get 503 with `Retry-After` (reason `queue_delay`). An
 //! interval that ends below the target with nothing refused ends the
-//! overload. Per thread, because each thread's queue is its own.
+//! overload. A thread whose instances are cheap does not shed at all (see
+//! `WORTH_SHEDDING`). Per thread, because each thread's queue is its own.
 
+use crate::runtime::instance_time;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,20 @@ struct Controller {
     refused_in_window: bool,
     overloaded: bool,
     allowance: f64,
+}
+
+/// Refusing a request frees what serving it would cost beyond refusing it:
+/// where instances typically run less than this, serving costs about what
+/// reading, refusing and answering a request does (tens of microseconds
+/// here), so shedding cannot shorten the queue and only loses the work
+/// already spent on the requests: the thread does not shed, and its wait
+/// is left to the other bounds (a closed loop of clients that re-send at
+/// once keeps its mean latency at clients over rate whatever is refused).
+const WORTH_SHEDDING: Duration = Duration::from_micros(200);
+
+/// Whether this thread's instances cost enough for shedding to free time.
+fn worth_shedding() -> bool {
+    instance_time::typical_here().is_some_and(|typical| typical >= WORTH_SHEDDING)
 }
 
 thread_local! {
@@ -79,7 +95,8 @@ impl Queued {
         with(|c| {
             c.waiting = c.waiting.saturating_sub(1);
             c.sample(sojourn, now);
-            let late = sojourn > c.spec.target && (c.overloaded || sojourn > c.spec.interval);
+            let late =
+                sojourn > c.spec.target && (c.overloaded || sojourn > c.spec.interval) && worth_shedding();
             c.refused_in_window |= late;
             !late
         })
@@ -105,21 +122,25 @@ fn with<T>(f: impl FnOnce(&mut Controller) -> T) -> Option<T> {
 pub fn admit(spec: QueueDelaySpec, reached: Option<Instant>) -> Option<Queued> {
     let now = Instant::now();
     let reached = reached.map_or(now, |reached| reached.min(now));
-    let late = now.duration_since(reached) > spec.target;
+    let waited = now.duration_since(reached);
     CONTROLLER.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let controller = cell.get_or_insert_with(|| Controller {
-            spec,
-            waiting: 0,
-            window_start: now,
-            window_min: None,
-            refused_in_window: false,
-            overloaded: false,
-            allowance: f64::INFINITY,
+        let controller = cell.get_or_insert_with(|| {
+            instance_time::measure_here();
+            Controller {
+                spec,
+                waiting: 0,
+                window_start: now,
+                window_min: None,
+                refused_in_window: false,
+                overloaded: false,
+                allowance: f64::INFINITY,
+            }
         });
         controller.spec = spec;
         controller.roll(now);
-        if controller.overloaded && (late || controller.waiting as f64 >= controller.allowance) {
+        let over = waited > spec.target || controller.waiting as f64 >= controller.allowance;
+        if controller.overloaded && over && worth_shedding() {
             controller.refused_in_window = true;
             return None;
         }
@@ -182,6 +203,8 @@ mod tests {
     fn a_burst_passes_a_standing_queue_is_shed_and_shedding_ends_when_it_drains() {
         // A fresh thread: its own controller.
         std::thread::spawn(|| {
+            // Instances that cost enough for refusing late ones to free time.
+            instance_time::assume_typical_here(Duration::from_millis(1));
             let mut queue: Vec<Queued> =
                 (0..50).map(|_| admit(SPEC, None).expect("not overloaded")).collect();
             // A burst: requests wait 20 ms, but not for a whole interval.
@@ -224,14 +247,21 @@ mod tests {
     }
 
     #[test]
-    fn a_request_that_waited_a_whole_interval_is_refused_even_before_the_queue_is_seen_to_stand() {
+    fn a_request_that_waited_a_whole_interval_is_refused_where_instances_cost_more_than_refusing() {
         std::thread::spawn(|| {
+            instance_time::assume_typical_here(Duration::from_millis(1));
             let reached = Instant::now() - Duration::from_millis(150);
             let mut stale = admit(SPEC, Some(reached)).expect("not overloaded: admitted");
             assert!(!stale.started(), "150 ms in the queue, past the 100 ms interval");
             let reached = Instant::now() - Duration::from_millis(30);
             let mut burst = admit(SPEC, Some(reached)).expect("not overloaded: admitted");
             assert!(burst.started(), "30 ms: past the target, within a burst");
+            // Where instances cost about what refusing them does, refusing
+            // late ones frees nothing: they are served.
+            instance_time::assume_typical_here(Duration::from_micros(40));
+            let reached = Instant::now() - Duration::from_millis(150);
+            let mut cheap = admit(SPEC, Some(reached)).expect("admitted");
+            assert!(cheap.started(), "a 40 us instance is worth serving however late");
         })
         .join()
         .unwrap();

@@ -262,6 +262,7 @@ where
         };
         // `timeout_at` polls `run` first: an instance that finishes in its
         // first stretch never arms the timer.
+        let run = super::instance_time::Timed::new(run);
         let run = crate::telemetry::trace::InSpan::new(Charged::new(run), guest_span.clone());
         let result = match tokio::time::timeout_at(started + deadlines.total, run).await {
             Ok(Err(error)) if error.holding_bound().is_some() => {
