@@ -19,7 +19,7 @@ declare -A package=([redis-server]=redis-server [redis-cli]=redis-tools [nginx]=
 bin="$PWD/target/test-bin"
 # Where packages put binaries, also when they are not on this PATH; never
 # our own links (a PATH that has them already would link them to themselves).
-search="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$bin" | paste -sd: -)"
+search="$(printf '%s' "$PATH" | tr ':' '\n' | { grep -vxF "$bin" || true; } | paste -sd: -)"
 search="$search:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 locate() { PATH="$search" command -v "$1" 2>/dev/null || true; }

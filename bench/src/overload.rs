@@ -119,41 +119,47 @@ pub fn measure(
     })
 }
 
+/// A keep-alive connection to `addr` (its driver spawned on this thread),
+/// or `None` after a short pause if the server does not take it.
+async fn connect(addr: std::net::SocketAddr) -> Option<Sender> {
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        return None;
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+    tokio::task::spawn_local(connection);
+    Some(sender)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
+
+/// One GET of `url` on `sender`, its body read: the status, or `None` if
+/// the connection failed.
+async fn exchange(sender: &mut Sender, url: &http::Uri) -> Option<http::StatusCode> {
+    let request = http::Request::get(url.clone()).header("host", "bench").body(Empty::new()).ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status();
+    response.into_body().collect().await.ok()?;
+    Some(status)
+}
+
 /// One connection's loop until `deadline` (reconnecting if the server
 /// closes it).
 async fn client(addr: std::net::SocketAddr, url: http::Uri, deadline: Instant) -> Outcome {
     let mut outcome = Outcome::default();
     'connect: while Instant::now() < deadline {
-        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
-            outcome.errors += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok((mut sender, connection)) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
-        else {
+        let Some(mut sender) = connect(addr).await else {
             outcome.errors += 1;
             continue;
         };
-        tokio::spawn(connection);
         while Instant::now() < deadline {
-            let request =
-                http::Request::get(url.clone()).header("host", "bench").body(Empty::<bytes::Bytes>::new());
-            let Ok(request) = request else { return outcome };
             let sent = Instant::now();
-            let response = match sender.send_request(request).await {
-                Ok(response) => response,
-                Err(_) => {
-                    outcome.errors += 1;
-                    continue 'connect;
-                }
-            };
-            let status = response.status();
-            if response.into_body().collect().await.is_err() {
+            let Some(status) = exchange(&mut sender, &url).await else {
                 outcome.errors += 1;
                 continue 'connect;
-            }
+            };
             outcome.record(status, sent.elapsed());
         }
     }
@@ -194,19 +200,10 @@ async fn open_client(
 ) -> Outcome {
     let mut outcome = Outcome::default();
     'connect: while Instant::now() < deadline {
-        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
-            outcome.errors += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok((mut sender, connection)) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
-        else {
+        let Some(mut sender) = connect(addr).await else {
             outcome.errors += 1;
             continue;
         };
-        tokio::task::spawn_local(connection);
         loop {
             let next = offered.waiting.borrow_mut().pop_front();
             let Some(at) = next else {
@@ -223,21 +220,10 @@ async fn open_client(
                 outcome.errors += 1 + offered.waiting.borrow_mut().drain(..).count() as u64;
                 break 'connect;
             }
-            let request =
-                http::Request::get(url.clone()).header("host", "bench").body(Empty::<bytes::Bytes>::new());
-            let Ok(request) = request else { return outcome };
-            let response = match sender.send_request(request).await {
-                Ok(response) => response,
-                Err(_) => {
-                    outcome.errors += 1;
-                    continue 'connect;
-                }
-            };
-            let status = response.status();
-            if response.into_body().collect().await.is_err() {
+            let Some(status) = exchange(&mut sender, &url).await else {
                 outcome.errors += 1;
                 continue 'connect;
-            }
+            };
             outcome.record(status, at.elapsed());
         }
     }
