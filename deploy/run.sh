@@ -76,11 +76,13 @@ if [ "$mode" = roll ]; then
         (
             set +e +o pipefail
             while [ ! -e "$WORK/stop-load" ]; do
-                body=$(curl -sS --max-time 10 -w ' %{http_code}' "http://127.0.0.1:$NGINX_PORT/api/roll" 2>&1)
+                started=$(date -u +%H:%M:%S.%6N)
+                body=$(curl -sS --max-time 10 -w ' %{time_total}s from %header{x-upstream} %{http_code}' \
+                    "http://127.0.0.1:$NGINX_PORT/api/roll" 2>&1)
                 status=${body##* }
                 num=$(echo "$body" | grep -o '"request_num":[0-9]*' | cut -d: -f2)
                 echo "$status ${num:--}"
-                [ "$status" = 200 ] || echo "$body" >>"$WORK/failures.txt"
+                [ "$status" = 200 ] || echo "sent $started: $body" >>"$WORK/failures.txt"
             done >"$WORK/load-$client.txt"
         ) &
         clients+=($!)
@@ -126,6 +128,8 @@ if [ "$mode" = roll ]; then
     if [ "$failed" -ne 0 ]; then
         cat "$WORK"/load-*.txt | awk '$1 != 200' | sort | uniq -c >&2
         head -c 2000 "$WORK/failures.txt" >&2
+        echo "the hosts' warnings and errors:" >&2
+        grep -h '"level":"\(WARN\|ERROR\)"' "$WORK"/wharf-*.log | head -n 40 >&2 || true
         exit 1
     fi
     if [ "$nums" != "$expected" ] || [ "$final" -ne $((ok + 1)) ]; then

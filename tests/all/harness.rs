@@ -300,6 +300,46 @@ pub async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> Str
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// Sends `GET path` on an open HTTP/1.1 connection and reads one whole
+/// response (head and a `Content-Length` body).
+pub async fn exchange_raw(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await.unwrap();
+    read_response(stream).await
+}
+
+/// Reads one whole response (head and a `Content-Length` body).
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut response = read_until(stream, "\r\n\r\n").await.into_bytes();
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&response[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut buf = [0u8; 4096];
+    while response.len() < head_end + length {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed inside a response: {:?}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The worker thread that served the request whose raw response is
+/// `response` (by its `x-request-id`, from the access log).
+pub async fn worker_of(server: &TestServer, response: &str) -> u64 {
+    let id = response
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase().strip_prefix("x-request-id:").map(|id| id.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no x-request-id in {response:?}"));
+    let line = server.access_line("the request's line", |line| line["request_id"] == id.as_str()).await;
+    line["worker"].as_u64().unwrap_or_else(|| panic!("no worker in {line}"))
+}
+
 /// Sends a GET and returns the response head and its body still streaming.
 pub async fn get_streaming(client: &HttpClient, url: &str) -> http::Response<hyper::body::Incoming> {
     let request = http::Request::get(url).body(Full::new(Bytes::new())).unwrap();
@@ -541,6 +581,18 @@ impl RedisServer {
             assert!(std::time::Instant::now() < deadline, "redis-server did not start on port {}", self.port);
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// Holds every write command (scripts among them) of every client for
+    /// `duration` (`CLIENT PAUSE ... WRITE`): the writes wait, then run.
+    pub async fn pause_writes(&self, duration: std::time::Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let command = format!("CLIENT PAUSE {} WRITE\r\n", duration.as_millis());
+        stream.write_all(command.as_bytes()).await.unwrap();
+        let mut reply = [0u8; 64];
+        let n = stream.read(&mut reply).await.unwrap();
+        assert!(reply[..n].starts_with(b"+OK"), "{:?}", String::from_utf8_lossy(&reply[..n]));
     }
 
     /// Kills it and waits until it is gone.

@@ -298,6 +298,41 @@ key_value_stores = ["second"]
     server.stop().await;
 }
 
+/// A host drains worker by worker; the Redis connection's driver runs on
+/// the worker that first used it. That worker, drained first, must not take
+/// the connection away from a request still running on another (seen in a
+/// rolling restart: "broken pipe", a 500 for an increment Redis applied).
+#[tokio::test]
+async fn a_worker_that_drains_first_keeps_the_redis_connection_for_the_others() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start().await;
+    let (mut server, _dir) = TestServer::start(&app(&redis, "")).await;
+    // The host's first Redis call connects, on the worker that made it.
+    let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let reply = exchange_raw(&mut first, "/api").await;
+    assert!(reply.contains(r#""request_num":1"#), "{reply}");
+    let connected_on = worker_of(&server, &reply).await;
+    // A connection the other worker serves (the kernel spreads them).
+    let mut other = loop {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let reply = exchange_raw(&mut stream, "/hello").await;
+        if worker_of(&server, &reply).await != connected_on {
+            break stream;
+        }
+    };
+    drop(first);
+    // Its increment waits in Redis while the host shuts down; the worker
+    // holding the connection has nothing left to serve.
+    redis.pause_writes(Duration::from_millis(1500)).await;
+    other.write_all(b"GET /api HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+    eventually("the increment in flight", 10 * SECOND, || in_flight(&server) == 1).await;
+    server.begin_shutdown();
+    let reply = read_response(&mut other).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""request_num":2"#), "{reply}");
+    server.wait_stopped().await;
+}
+
 #[tokio::test]
 async fn a_rolling_restart_behind_nginx_fails_no_request_and_loses_no_increment() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/run.sh");

@@ -38,6 +38,8 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     // When the last connection was accepted (ms since the app started),
     // for the shutdown's log lines.
     let last_accept = Arc::new(AtomicU64::new(0));
+    let (serving_tx, serving) = watch::channel(listeners.sockets.len());
+    let serving_tx = Arc::new(serving_tx);
     let mut workers = Vec::new();
     for (index, socket) in listeners.sockets.into_iter().enumerate() {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -46,11 +48,13 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
         let tls = listeners.tls.clone();
         let refusals = refusals.clone();
         let last_accept = last_accept.clone();
+        let still_serving = StillServing(serving_tx.clone());
+        let mut serving = serving.clone();
         std::thread::Builder::new()
             .name(format!("wharf-worker-{index}"))
             .spawn(move || {
                 crate::runtime::fair::install_on_this_thread();
-                crate::runtime::reuse::install_on_this_thread(index);
+                crate::runtime::worker::mark_this_thread(index);
                 crate::telemetry::batch::install_on_this_thread();
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -61,7 +65,12 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
                     .build()
                     .context("cannot start a worker runtime")
                     .and_then(|runtime| {
-                        runtime.block_on(serve(socket, app, tls, refusals, last_accept, stop))
+                        runtime.block_on(async move {
+                            let served = serve(socket, app, tls, refusals, last_accept, stop).await;
+                            drop(still_serving);
+                            let _ = serving.wait_for(|workers| *workers == 0).await;
+                            served
+                        })
                     });
                 crate::telemetry::batch::flush_this_thread();
                 let _ = done_tx.send(result);
@@ -128,6 +137,22 @@ pub async fn run(listeners: Listeners, app: Arc<App>, shutdown: impl Future<Outp
     let cancelled = app.telemetry.metrics.cancelled_total() - cancelled_before;
     tracing::info!(drained = draining.saturating_sub(cancelled as usize), cancelled, "shutdown complete");
     Ok(())
+}
+
+/// One worker still serving. A worker's runtime keeps running until no
+/// worker is: a background task made for all of them (the Redis
+/// connection's driver, a pooled outbound connection) runs on the runtime
+/// of the worker that first needed it, so a worker that drained early and
+/// dropped its runtime would cut off another's request in flight (seen: a
+/// Redis call failing with "broken pipe" in a rolling restart). Dropped
+/// when the worker's thread is done serving, or unwinds, or never built its
+/// runtime.
+struct StillServing(Arc<watch::Sender<usize>>);
+
+impl Drop for StillServing {
+    fn drop(&mut self) {
+        self.0.send_modify(|workers| *workers -= 1);
+    }
 }
 
 /// The hyper connection builder with Wharf's HTTP/1 and HTTP/2 settings.

@@ -7,7 +7,8 @@
 //! thread's instances run ([`instance_time`]), and
 //! fair CPU between the guests of a thread ([`fair`]), instances reused
 //! across requests where a route asks for it ([`reuse`]), and the epoch
-//! ticker that drives the fairness ([`ticker`]); which of the pool's fast
+//! ticker that drives the fairness ([`ticker`]); which server worker a
+//! thread is ([`worker`]); which of the pool's fast
 //! paths the machine offers ([`mechanisms`]).
 //!
 //! It uses the capabilities guests import and the telemetry it reports to;
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod mechanisms;
 pub mod reuse;
 pub mod ticker;
+pub mod worker;
 
 pub use component::LoadedComponent;
 pub use engine::{AllocatorKind, HandlerKind};

@@ -24,7 +24,6 @@ use super::host::Host;
 use super::invoke::{Deadlines, InvokeError, RequestContext};
 use crate::capabilities::outbound::Origin;
 use crate::manifest::ReuseSpec;
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -48,16 +47,6 @@ pub struct Reuse {
 
 /// Server threads with handlers of their own; more share the last one.
 const THREAD_HANDLERS: usize = 256;
-
-thread_local! {
-    /// This server thread's index (`usize::MAX` on other threads).
-    static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// Marks this thread as server thread `index`, for [`Reuse`].
-pub fn install_on_this_thread(index: usize) {
-    THREAD.with(|thread| thread.set(index));
-}
 
 #[derive(Clone)]
 struct Workers {
@@ -94,7 +83,7 @@ impl Reuse {
 
     /// This thread's handler.
     fn handler(&self) -> &ProxyHandler<Workers> {
-        let index = THREAD.with(Cell::get).min(THREAD_HANDLERS);
+        let index = super::worker::this_thread().unwrap_or(THREAD_HANDLERS).min(THREAD_HANDLERS);
         self.handlers[index].get_or_init(|| ProxyHandler::new(self.workers.clone()))
     }
 

@@ -141,7 +141,10 @@ impl SharedRedis {
         };
         let outcome = tokio::time::timeout(self.timeout, call).await;
         let result = match outcome {
+            // The client's own response timeout is ours too; when the task
+            // is polled late both have passed and the inner one answers.
             Err(_) => Err(RedisError::TimedOut(self.timeout)),
+            Ok(Err(error)) if error.is_timeout() => Err(RedisError::TimedOut(self.timeout)),
             Ok(Err(error)) if is_connection_error(&error) => Err(RedisError::Failed(error.to_string())),
             // A reply error (a script's, a wrong type) is Redis answering.
             Ok(Err(error)) => {

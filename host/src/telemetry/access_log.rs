@@ -41,6 +41,8 @@ pub struct AccessLine<'a> {
     pub latency_ms: f64,
     pub bytes_out: u64,
     pub client: std::net::IpAddr,
+    /// The server worker thread that served it, when one did.
+    pub worker: Option<usize>,
     pub request_id: &'a str,
     pub outcome: &'a str,
     pub reason: Option<&'a str>,
@@ -112,11 +114,12 @@ fn pretty(out: &mut String, line: &AccessLine<'_>) {
     if let Some(status) = line.status {
         let _ = write!(out, " status={status}");
     }
-    let _ = write!(
-        out,
-        " latency_ms={:.3} bytes_out={} client={} request_id=",
-        line.latency_ms, line.bytes_out, line.client
-    );
+    let _ =
+        write!(out, " latency_ms={:.3} bytes_out={} client={}", line.latency_ms, line.bytes_out, line.client);
+    if let Some(worker) = line.worker {
+        let _ = write!(out, " worker={worker}");
+    }
+    out.push_str(" request_id=");
     escape_into(out, line.request_id);
     let _ = write!(out, " outcome={}", line.outcome);
     if let Some(trace_id) = line.trace_id {
@@ -197,6 +200,9 @@ fn json(out: &mut String, line: &AccessLine<'_>) {
     }
     let _ = write!(out, ",\"latency_ms\":{:.3},\"bytes_out\":{}", line.latency_ms, line.bytes_out);
     let _ = write!(out, ",\"client\":\"{}\"", line.client);
+    if let Some(worker) = line.worker {
+        let _ = write!(out, ",\"worker\":{worker}");
+    }
     text(out, "request_id", line.request_id);
     text(out, "outcome", line.outcome);
     if let Some(trace_id) = line.trace_id {
@@ -272,6 +278,7 @@ mod tests {
             latency_ms: 1.5,
             bytes_out: 14,
             client: "127.0.0.1".parse().unwrap(),
+            worker: Some(1),
             request_id: "x",
             outcome: "completed",
             reason: None,
@@ -281,6 +288,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!((value["path"].as_str(), value["status"].as_u64()), (Some("/a\"b"), Some(200)));
         assert_eq!(value["trace_id"].as_str(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(value["worker"].as_u64(), Some(1));
     }
 
     #[test]
@@ -295,6 +303,7 @@ mod tests {
             latency_ms: 1.0,
             bytes_out: 0,
             client: "127.0.0.1".parse().unwrap(),
+            worker: None,
             request_id: hostile,
             outcome: "failed",
             reason: Some(hostile),

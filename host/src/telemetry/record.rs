@@ -187,6 +187,7 @@ impl Drop for RequestRecord {
         let (method, path, client, request_id) = (&self.method, &self.path, &self.client, &self.request_id);
         let (route, status, bytes_out, reason) =
             (self.route.as_deref(), self.status, self.bytes_out, self.reason.as_deref());
+        let worker = crate::runtime::worker::this_thread();
         if let Some(access_log) = &self.telemetry.access_log {
             if access_log.enabled() {
                 access_log.write(&AccessLine {
@@ -198,6 +199,7 @@ impl Drop for RequestRecord {
                     latency_ms,
                     bytes_out,
                     client: *client,
+                    worker,
                     request_id,
                     outcome,
                     reason,
@@ -205,9 +207,9 @@ impl Drop for RequestRecord {
                 });
             }
         } else if error {
-            tracing::error!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, trace_id, "request");
+            tracing::error!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, worker, %request_id, outcome, reason, trace_id, "request");
         } else {
-            tracing::info!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, %request_id, outcome, reason, trace_id, "request");
+            tracing::info!(target: "wharf::access", %method, %path, route, status, latency_ms, bytes_out, %client, worker, %request_id, outcome, reason, trace_id, "request");
         }
     }
 }
