@@ -24,7 +24,7 @@
 //! Refused requests get 503 with `Retry-After` (reason `queue_delay`). An
 //! interval that ends below the target with nothing refused ends the
 //! overload. A thread whose instances are cheap does not shed at all (see
-//! `WORTH_SHEDDING`). Per thread, because each thread's queue is its own.
+//! `worth_shedding`). Per thread, because each thread's queue is its own.
 
 use crate::runtime::instance_time;
 use std::cell::RefCell;
@@ -54,17 +54,14 @@ struct Controller {
 }
 
 /// Refusing a request frees what serving it would cost beyond refusing it:
-/// where instances typically run less than this, serving costs about what
-/// reading, refusing and answering a request does (tens of microseconds
-/// here), so shedding cannot shorten the queue and only loses the work
-/// already spent on the requests: the thread does not shed, and its wait
-/// is left to the other bounds (a closed loop of clients that re-send at
-/// once keeps its mean latency at clients over rate whatever is refused).
-const WORTH_SHEDDING: Duration = Duration::from_micros(200);
-
-/// Whether this thread's instances cost enough for shedding to free time.
+/// where instances typically run less than [`instance_time::LONG`],
+/// serving costs about what reading, refusing and answering a request does,
+/// so shedding cannot shorten the queue and only loses the work already
+/// spent on the requests: the thread does not shed, and its wait is left
+/// to the other bounds (a closed loop of clients that re-send at once keeps
+/// its mean latency at clients over rate whatever is refused).
 fn worth_shedding() -> bool {
-    instance_time::typical_here().is_some_and(|typical| typical >= WORTH_SHEDDING)
+    instance_time::long_here()
 }
 
 thread_local! {

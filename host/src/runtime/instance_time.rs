@@ -49,6 +49,18 @@ pub fn typical_here() -> Option<Duration> {
     }
 }
 
+/// Instances this long or longer run long beside what a thread spends
+/// around each request (reading, admitting, answering: tens of
+/// microseconds here): refusing one frees time, and batching their
+/// responses saves nothing worth a trip round the run queue.
+pub const LONG: Duration = Duration::from_micros(200);
+
+/// Whether this thread's instances typically run [`LONG`] or longer (never
+/// where they are not measured).
+pub fn long_here() -> bool {
+    typical_here().is_some_and(|typical| typical >= LONG)
+}
+
 /// Sets this thread's estimate, as if its instances typically ran
 /// `typical` (for tests of what reads it).
 #[cfg(test)]
