@@ -201,8 +201,8 @@ fn overload(out: &mut String, cells: &[Cell]) {
          the refused). Closed loop (hello): each of c connections sends its next request when the last is \
          answered, so c requests are always outstanding and their mean latency is c over the rate answered, \
          whatever the server does. Open loop (a guest burning 1 ms of CPU): {} requests a second offered \
-         whatever the server does, over a pool of c connections; a request's latency counts from when it was \
-         offered, including any wait for an idle connection.\n",
+         whatever the server does, over a pool of c connections opened (and accepted) before the first offer; \
+         a request's latency counts from when it was offered, including any wait for an idle connection.\n",
         crate::overload::OFFERED_PER_SEC
     );
     let _ = writeln!(
