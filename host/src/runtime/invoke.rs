@@ -35,7 +35,7 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Why a request did not get a response from its component.
@@ -424,15 +424,16 @@ where
             // 26 ms -> 21 ms, on a fresh server 150-190 ms -> 90-100 ms).
             // A dropped outparam drops the sender, which the receiver sees
             // as closed.
+            let deliver = move |headers: Result<GuestResponse, ErrorCode>| {
+                let _ = sender.send(headers.map_err(|code| format!("{code:?}")));
+            };
             let outparam = if super::instance_time::long_here() {
-                http.new_response_outparam_from_callback(move |headers| {
-                    let _ = sender.send(headers.map_err(|code| format!("{code:?}")));
-                })
+                http.new_response_outparam_from_callback(deliver)
             } else {
-                let (p2_sender, p2_receiver) = tokio::sync::oneshot::channel::<Result<GuestResponse, _>>();
+                let (p2_sender, p2_receiver) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move {
                     if let Ok(headers) = p2_receiver.await {
-                        let _ = sender.send(headers.map_err(|code| format!("{code:?}")));
+                        deliver(headers);
                     }
                 });
                 http.new_response_outparam(p2_sender)
