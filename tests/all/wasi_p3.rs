@@ -240,6 +240,33 @@ async fn p3_streams_arrive_in_order_one_event_at_a_time() {
     server.stop().await;
 }
 
+/// A body the guest has written by the time its headers would go out leaves
+/// with them, its length known (a WASI 0.3 guest's is written by a task it
+/// spawns as it returns the response); a body still coming streams chunked.
+#[tokio::test]
+async fn a_body_ready_with_its_headers_goes_out_with_its_length_and_a_coming_one_chunked() {
+    let (server, _dir) = TestServer::start(&app("")).await;
+    let client = http1_client();
+    for path in ["/hello-p3", "/hello"] {
+        for _ in 0..3 {
+            let reply = get(&client, &server.url(path)).await;
+            assert_eq!(reply.body, "Hello, world!\n");
+            assert_eq!(
+                reply.headers.get("content-length").map(|v| v.to_str().unwrap()),
+                Some("14"),
+                "{path}"
+            );
+            assert!(reply.headers.get("transfer-encoding").is_none(), "{path}");
+        }
+    }
+    let response = get_streaming(&client, &server.url("/stream-p3?n=2&interval_ms=100")).await;
+    assert_eq!(response.headers()["transfer-encoding"], "chunked");
+    assert!(response.headers().get("content-length").is_none());
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    assert_eq!(body, "id: 1\ndata: event 1 of 2\n\nid: 2\ndata: event 2 of 2\n\n");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn p3_instances_are_dropped_when_the_client_leaves() {
     let (server, _dir) = TestServer::start(&app("")).await;

@@ -15,24 +15,23 @@
 
 use super::Runtime;
 use super::component::{HandlerPre, LoadedComponent};
+use super::guest_body::{BEFORE_HEADERS, GuestBody, GuestTask, InstanceShared, STREAMING, phase_name};
 use super::host::{Host, HostParts, LiveInstance};
 use super::host_memory::{Charged, HostMemory, HostMemoryExceeded};
 use crate::capabilities::keyvalue::KeyValueCtx;
 use crate::capabilities::outbound::{Origin, OutboundBudget, OutboundHooks};
 use crate::capabilities::sqlite::SqliteCtx;
 use crate::capabilities::stdio::GuestOutput;
-use crate::telemetry::record::{BoxError, DeadlineExceeded};
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::task::AbortHandle;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -138,27 +137,6 @@ pub struct RequestContext {
 /// How long a guest that dropped its response outparam has to finish (so a
 /// trap is told from a plain return) before the client gets its 500.
 const OUTPARAM_GRACE: Duration = Duration::from_millis(100);
-
-/// What the guest task and the response body share about one instance:
-/// where it is in its life (for the lifetime bound's log line) and, once it
-/// has ended badly, how.
-struct InstanceShared {
-    phase: AtomicU8,
-    failed: OnceLock<&'static str>,
-}
-
-/// Where an instance is in its life.
-const BEFORE_HEADERS: u8 = 0;
-const STREAMING: u8 = 1;
-const AFTER_RESPONSE: u8 = 2;
-
-fn phase_name(phase: u8) -> &'static str {
-    match phase {
-        BEFORE_HEADERS => "before_headers",
-        STREAMING => "streaming",
-        _ => "after_response",
-    }
-}
 
 /// What a request holds while its instance lives (admission permits, a
 /// worker slot), told when the instance starts.
@@ -331,7 +309,9 @@ where
     match headers {
         Ok(response) => {
             shared.phase.store(STREAMING, Ordering::Release);
-            Ok(GuestBody::wrap(response, deadlines, started, Some(shared), Some(guard), None))
+            let mut response = GuestBody::wrap(response, deadlines, started, Some(shared), Some(guard), None);
+            response.body_mut().settle().await;
+            Ok(response)
         }
         Err(code) => {
             guard.disarm();
@@ -371,7 +351,7 @@ fn killed(span: &Option<opentelemetry::Context>, reason: &'static str, phase: &'
 }
 
 /// A response as hyper sends it, from either kind of guest.
-type GuestResponse = http::Response<HyperOutgoingBody>;
+pub(super) type GuestResponse = http::Response<HyperOutgoingBody>;
 
 /// The call prepared for the guest before its task starts.
 enum Call {
@@ -619,37 +599,6 @@ fn instantiation_error(error: wasmtime::Error) -> InvokeError {
     }
 }
 
-/// Aborts the guest task when dropped while armed: the client left before
-/// the response ended.
-struct GuestTask {
-    abort: AbortHandle,
-    armed: bool,
-    shared: Arc<InstanceShared>,
-}
-
-impl GuestTask {
-    /// The guest may finish on its own (its response is complete), within
-    /// its lifetime bound.
-    fn disarm(mut self) {
-        self.armed = false;
-        self.shared.phase.store(AFTER_RESPONSE, Ordering::Release);
-    }
-
-    /// Stops the guest now.
-    fn abort(self) {
-        self.abort.abort();
-        self.disarm();
-    }
-}
-
-impl Drop for GuestTask {
-    fn drop(&mut self) {
-        if self.armed {
-            self.abort.abort();
-        }
-    }
-}
-
 /// Runs `request` on one of `reuse`'s instances; `slots` are held until the
 /// response body ends.
 pub async fn invoke_reused<B>(
@@ -687,7 +636,10 @@ where
         Err(join_error) => return Err(InvokeError::Trapped(join_error.to_string())),
     };
     drop(abort);
-    Ok(GuestBody::wrap(response, deadlines, started, None, None, Some(Box::new((slots, span)))))
+    let mut response =
+        GuestBody::wrap(response, deadlines, started, None, None, Some(Box::new((slots, span))));
+    response.body_mut().settle().await;
+    Ok(response)
 }
 
 /// Aborts a task when dropped.
@@ -696,139 +648,5 @@ struct AbortOnDrop(AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// A response body whose guest trapped before finishing it.
-#[derive(Debug, thiserror::Error)]
-#[error("guest trapped while streaming its response")]
-pub struct GuestFailed;
-
-/// The guest's response body, with the stream deadlines; ending it normally
-/// disarms the abort guard, dropping it early aborts the guest.
-pub struct GuestBody {
-    inner: HyperOutgoingBody,
-    /// Bytes still to come when the guest declared a length: hyper stops
-    /// polling once they are out, so that is where the body ends.
-    remaining: Option<u64>,
-    /// The instance's fate, when the body has an instance of its own.
-    shared: Option<Arc<InstanceShared>>,
-    /// Slots held until the body ends (a reused instance's requests).
-    _held: Option<Box<dyn Send>>,
-    guard: Option<GuestTask>,
-    idle_timeout: Duration,
-    deadline: Instant,
-    // Timers are created the first time the guest keeps the body waiting,
-    // so a response that is ready at once costs no timer.
-    idle: Option<Pin<Box<Sleep>>>,
-    overall: Option<Pin<Box<Sleep>>>,
-}
-
-impl GuestBody {
-    /// `response` with its body under `deadlines`, counted from `started`;
-    /// `shared` and `guard` for a body with an instance of its own, `held`
-    /// for the slots of a reused instance's request.
-    fn wrap(
-        response: GuestResponse,
-        deadlines: Deadlines,
-        started: Instant,
-        shared: Option<Arc<InstanceShared>>,
-        guard: Option<GuestTask>,
-        held: Option<Box<dyn Send>>,
-    ) -> http::Response<GuestBody> {
-        let remaining = response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        response.map(|inner| GuestBody {
-            inner,
-            remaining,
-            shared,
-            _held: held,
-            guard,
-            idle_timeout: deadlines.idle,
-            deadline: started + deadlines.total,
-            idle: None,
-            overall: None,
-        })
-    }
-
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
-        let idle_timeout = self.idle_timeout;
-        let idle = self.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
-        if idle.as_mut().poll(cx).is_ready() {
-            return Some("idle");
-        }
-        let deadline = self.deadline;
-        let overall = self.overall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if overall.as_mut().poll(cx).is_ready() {
-            return Some("max duration");
-        }
-        None
-    }
-}
-
-impl Body for GuestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            // A body whose instance was dropped unfinished ends like a
-            // finished one; the instance says which it was.
-            Poll::Ready(None) => match self.shared.as_ref().and_then(|s| s.failed.get()) {
-                None => {
-                    if let Some(guard) = self.guard.take() {
-                        guard.disarm();
-                    }
-                    Poll::Ready(None)
-                }
-                Some(&"max duration") => Poll::Ready(Some(Err(Box::new(DeadlineExceeded("max duration"))))),
-                Some(_) => Poll::Ready(Some(Err(Box::new(GuestFailed)))),
-            },
-            Poll::Ready(Some(Err(error))) => match self.shared.as_ref().and_then(|s| s.failed.get()) {
-                Some(&"max duration") => Poll::Ready(Some(Err(Box::new(DeadlineExceeded("max duration"))))),
-                _ => Poll::Ready(Some(Err(error.into()))),
-            },
-            Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + self.idle_timeout;
-                if let Some(idle) = &mut self.idle {
-                    idle.as_mut().reset(next);
-                }
-                if let (Some(remaining), Some(data)) = (self.remaining, frame.data_ref()) {
-                    let remaining = remaining.saturating_sub(data.len() as u64);
-                    self.remaining = Some(remaining);
-                    if remaining == 0
-                        && let Some(guard) = self.guard.take()
-                    {
-                        guard.disarm();
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => match self.expired(cx) {
-                None => Poll::Pending,
-                Some(which) => {
-                    if let Some(guard) = self.guard.take() {
-                        guard.abort();
-                    }
-                    Poll::Ready(Some(Err(Box::new(DeadlineExceeded(which)))))
-                }
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.remaining == Some(0) || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(remaining) => SizeHint::with_exact(remaining),
-            None => self.inner.size_hint(),
-        }
     }
 }

@@ -3,7 +3,8 @@
 //! and pre-instantiated ([`component`]) with their compiled code cached on
 //! disk ([`cache`]), the per-instance state ([`host`]) and what it may hold
 //! ([`limits`]) and what it makes the host hold ([`host_memory`]), one
-//! request run through a fresh instance ([`invoke`]) and how long the
+//! request run through a fresh instance ([`invoke`]) and the response body
+//! the connection reads from it ([`guest_body`]), how long the
 //! thread's instances run ([`instance_time`]), and
 //! fair CPU between the guests of a thread ([`fair`]), instances reused
 //! across requests where a route asks for it ([`reuse`]), and the epoch
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod component;
 pub mod engine;
 pub mod fair;
+pub mod guest_body;
 pub mod host;
 pub mod host_memory;
 pub mod instance_time;
