@@ -452,3 +452,39 @@ async fn a_reused_instance_never_takes_more_than_its_concurrency() {
     assert_eq!(in_hand, [1, 2], "one shared the first's instance, the other got its own");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_busy_reused_instance_still_sends_its_body_with_its_headers() {
+    // One server thread and instances serving 16 requests at once: each
+    // instance's worker yields to the thread between its requests' tasks,
+    // so a body ends many turns after its headers (0 to 60 measured at 100
+    // connections). Waiting two turns sent 61-67% of these responses with
+    // their length, the rest chunked, the terminator in a write of its own;
+    // the wait's 10 ms cap lets a few go chunked where the machine is busy
+    // (444-480 of 480 measured with two other processes spinning).
+    let manifest = REUSE_APP
+        .replace("max_requests = 3, max_concurrent = 2", "max_requests = 100000, max_concurrent = 16")
+        .replace("[server]", "[server]\nthreads = 1");
+    let (server, _dir) = TestServer::start(&manifest).await;
+    let client = http1_client();
+    let loads: Vec<_> = (0..24)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/p3"));
+            tokio::spawn(async move {
+                let mut with_length = 0;
+                for _ in 0..20 {
+                    let reply = get(&client, &url).await;
+                    assert_eq!(reply.body, "Hello, world!\n");
+                    with_length += usize::from(reply.headers.get("content-length").is_some());
+                }
+                with_length
+            })
+        })
+        .collect();
+    let mut with_length = 0;
+    for load in loads {
+        with_length += load.await.unwrap();
+    }
+    assert!(with_length >= 384, "{with_length} of 480 responses went out with their length");
+    server.stop().await;
+}

@@ -19,11 +19,23 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::invoke::{Deadlines, GuestResponse};
 
-/// At most this many turns are waited, and this many frames and bytes taken,
-/// ahead of the headers (`GuestBody::settle`).
+/// At most this many turns of the thread are waited for a fresh instance's
+/// body and for a reused instance's, for at most this long, and this many
+/// frames and bytes taken, ahead of the headers (`GuestBody::settle`).
 const SETTLE_TURNS: usize = 2;
+const SETTLE_REUSED_TURNS: usize = 32;
+const SETTLE_MAX_WAIT: Duration = Duration::from_millis(10);
 const SETTLE_MAX_FRAMES: usize = 8;
 const SETTLE_MAX_BYTES: usize = 64 * 1024;
+
+/// Whose body `GuestBody::settle` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// A fresh instance, running in a task of its own on this thread.
+    Fresh,
+    /// A reused instance, whose worker serves other requests too.
+    Reused,
+}
 
 /// What the guest task and the response body share about one instance:
 /// where it is in its life (for the lifetime bound's log line) and, once it
@@ -138,46 +150,65 @@ impl GuestBody {
     }
 
     /// Takes what the body has ready before its headers are handed to the
-    /// connection, waiting up to `SETTLE_TURNS` turns of this thread for
-    /// the guest to finish it, so that headers and a body the guest writes
-    /// at once leave in one write (and, when it ends there, with
-    /// `content-length` instead of chunked). Without it a WASI 0.3 guest's
-    /// body, written by a task the guest spawns as it returns the response,
-    /// went out as headers and data first and the chunked terminator in a
-    /// second write in half the responses (`wasmtime serve` does the same):
-    /// two packets and two wake-ups of the client for one response. A fresh
-    /// instance finishes such a body within one turn nearly always
-    /// (measured: 0.11 turns a WASI 0.3 hello); a reused one, which shares
-    /// its turns among its requests, within two. Where the thread's
-    /// instances run long each turn waits behind the whole run queue, so
-    /// there only what is ready is taken. Stops at `SETTLE_MAX_FRAMES`
-    /// frames or `SETTLE_MAX_BYTES` bytes: a large body streams as it comes.
-    pub(super) async fn settle(&mut self) {
-        let turns = if super::instance_time::long_here() { 0 } else { SETTLE_TURNS };
-        let mut bytes = 0;
+    /// connection, waiting a little for the guest to finish it, so that
+    /// headers and a body the guest writes at once leave in one write (and,
+    /// when it ends there, with `content-length` instead of chunked).
+    /// Without it a WASI 0.3 guest's body, written by a task the guest
+    /// spawns as it returns the response, went out as headers and data
+    /// first and the chunked terminator in a second write in half the
+    /// responses (`wasmtime serve` does the same): two packets and two
+    /// wake-ups of the client for one response.
+    ///
+    /// A fresh instance finishes such a body within one turn of the thread
+    /// nearly always (measured: 0.11 turns a WASI 0.3 hello), so up to
+    /// `SETTLE_TURNS` turns are waited. A reused instance's worker serves
+    /// up to `max_concurrent` requests and yields to the thread between
+    /// their tasks, so its body ends anywhere from 0 to 60 turns after its
+    /// headers (measured, one thread, c=100; two turns sent 55-60% of them
+    /// chunked, in two writes): up to `SETTLE_REUSED_TURNS` are waited there.
+    /// A turn of an idle thread costs a microsecond or two; of a busy one,
+    /// the time the thread takes round its run queue, so no turn starts
+    /// after `SETTLE_MAX_WAIT`: what a streaming response's headers may
+    /// wait on a busy thread (on a saturated one they wait longer in its
+    /// queue anyway). Where the thread's instances
+    /// run long each turn waits behind the whole run queue, so there only
+    /// what is ready is taken. Stops at `SETTLE_MAX_FRAMES` frames or
+    /// `SETTLE_MAX_BYTES` bytes: a large body streams as it comes.
+    pub(super) async fn settle(&mut self, instance: Instance) {
+        let turns = match instance {
+            _ if super::instance_time::long_here() => 0,
+            Instance::Fresh => SETTLE_TURNS,
+            Instance::Reused => SETTLE_REUSED_TURNS,
+        };
+        let started = std::time::Instant::now();
         for turn in 0..=turns {
-            let waiting = std::future::poll_fn(|cx| {
-                loop {
-                    if self.ended || self.ahead.len() >= SETTLE_MAX_FRAMES || bytes >= SETTLE_MAX_BYTES {
-                        return Poll::Ready(false);
-                    }
-                    match self.poll_inner(cx) {
-                        Poll::Ready(Some(frame)) => {
-                            bytes += frame.as_ref().ok().and_then(Frame::data_ref).map_or(0, Bytes::len);
-                            let failed = frame.is_err();
-                            self.ahead.push_back(frame);
-                            self.ended = failed || self.remaining == Some(0);
-                        }
-                        Poll::Ready(None) => self.ended = true,
-                        Poll::Pending => return Poll::Ready(true),
-                    }
-                }
-            })
-            .await;
-            if !waiting || turn == turns {
+            let more = std::future::poll_fn(|cx| Poll::Ready(self.take_ready(cx))).await;
+            if !more || turn == turns || started.elapsed() >= SETTLE_MAX_WAIT {
                 return;
             }
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Moves the frames the body has ready into the look-ahead; whether it
+    /// could still take more (it has not ended and is within the bounds).
+    /// A body that is not ready wakes `cx` when it is.
+    fn take_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let bytes: usize =
+                self.ahead.iter().filter_map(|f| f.as_ref().ok()?.data_ref().map(Bytes::len)).sum();
+            if self.ended || self.ahead.len() >= SETTLE_MAX_FRAMES || bytes >= SETTLE_MAX_BYTES {
+                return false;
+            }
+            match self.poll_inner(cx) {
+                Poll::Ready(Some(frame)) => {
+                    let failed = frame.is_err();
+                    self.ahead.push_back(frame);
+                    self.ended = failed || self.remaining == Some(0);
+                }
+                Poll::Ready(None) => self.ended = true,
+                Poll::Pending => return true,
+            }
         }
     }
 

@@ -309,7 +309,7 @@ where
         Ok(response) => {
             shared.phase.store(STREAMING, Ordering::Release);
             let mut response = GuestBody::wrap(response, deadlines, started, Some(shared), Some(guard), None);
-            response.body_mut().settle().await;
+            response.body_mut().settle(super::guest_body::Instance::Fresh).await;
             Ok(response)
         }
         Err(code) => {
@@ -634,6 +634,6 @@ where
     let response = reuse.handle(request).await?;
     let mut response =
         GuestBody::wrap(response, deadlines, started, None, None, Some(Box::new((slots, span))));
-    response.body_mut().settle().await;
+    response.body_mut().settle(super::guest_body::Instance::Reused).await;
     Ok(response)
 }
