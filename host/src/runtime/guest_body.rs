@@ -180,10 +180,14 @@ impl GuestBody {
             Instance::Fresh => SETTLE_TURNS,
             Instance::Reused => SETTLE_REUSED_TURNS,
         };
-        let started = std::time::Instant::now();
+        // The clock is read only once there is something to wait for.
+        let mut waiting_since = None;
         for turn in 0..=turns {
             let more = std::future::poll_fn(|cx| Poll::Ready(self.take_ready(cx))).await;
-            if !more || turn == turns || started.elapsed() >= SETTLE_MAX_WAIT {
+            if !more || turn == turns {
+                return;
+            }
+            if waiting_since.get_or_insert_with(std::time::Instant::now).elapsed() >= SETTLE_MAX_WAIT {
                 return;
             }
             tokio::task::yield_now().await;
