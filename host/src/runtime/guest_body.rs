@@ -162,18 +162,17 @@ impl GuestBody {
     /// A fresh instance finishes such a body within one turn of the thread
     /// nearly always (measured: 0.11 turns a WASI 0.3 hello), so up to
     /// `SETTLE_TURNS` turns are waited. A reused instance's worker serves
-    /// up to `max_concurrent` requests and yields to the thread between
-    /// their tasks, so its body ends anywhere from 0 to 60 turns after its
-    /// headers (measured, one thread, c=100; two turns sent 55-60% of them
-    /// chunked, in two writes): up to `SETTLE_REUSED_TURNS` are waited there.
-    /// A turn of an idle thread costs a microsecond or two; of a busy one,
-    /// the time the thread takes round its run queue, so no turn starts
-    /// after `SETTLE_MAX_WAIT`: what a streaming response's headers may
-    /// wait on a busy thread (on a saturated one they wait longer in its
-    /// queue anyway). Where the thread's instances
-    /// run long each turn waits behind the whole run queue, so there only
-    /// what is ready is taken. Stops at `SETTLE_MAX_FRAMES` frames or
-    /// `SETTLE_MAX_BYTES` bytes: a large body streams as it comes.
+    /// up to `max_concurrent` requests and yields to the thread before each
+    /// guest task it resumes, so its body ends anywhere from 0 to 60 turns
+    /// after its headers (measured, one thread, c=100; with two turns about
+    /// half went out in two writes): up to `SETTLE_REUSED_TURNS` are waited
+    /// there. A turn of an idle thread costs a microsecond or two; of a busy
+    /// one, the time the thread takes round its run queue, so no turn starts
+    /// after `SETTLE_MAX_WAIT`, which bounds what a streaming response's
+    /// headers wait. Where the thread's instances run long each turn waits
+    /// behind the whole run queue, so there only what is ready is taken.
+    /// Stops at `SETTLE_MAX_FRAMES` frames or `SETTLE_MAX_BYTES` bytes: a
+    /// large body streams as it comes.
     pub(super) async fn settle(&mut self, instance: Instance) {
         let turns = match instance {
             _ if super::instance_time::long_here() => 0,
