@@ -198,9 +198,7 @@ impl GuestBody {
     /// A body that is not ready wakes `cx` when it is.
     fn take_ready(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            let bytes: usize =
-                self.ahead.iter().filter_map(|f| f.as_ref().ok()?.data_ref().map(Bytes::len)).sum();
-            if self.ended || self.ahead.len() >= SETTLE_MAX_FRAMES || bytes >= SETTLE_MAX_BYTES {
+            if self.ended || self.ahead.len() >= SETTLE_MAX_FRAMES || self.ahead_bytes() >= SETTLE_MAX_BYTES {
                 return false;
             }
             match self.poll_inner(cx) {
@@ -266,11 +264,7 @@ impl Body for GuestBody {
     /// ahead: hyper sends it with `content-length` instead of chunked (not
     /// when it holds trailers or an error, which need the chunked framing).
     fn size_hint(&self) -> SizeHint {
-        let ahead: u64 = self
-            .ahead
-            .iter()
-            .map(|f| f.as_ref().ok().and_then(Frame::data_ref).map_or(0, |d| d.len() as u64))
-            .sum();
+        let ahead = self.ahead_bytes() as u64;
         let whole = self.ended && self.ahead.iter().all(|f| f.as_ref().is_ok_and(Frame::is_data));
         match self.remaining {
             Some(remaining) => SizeHint::with_exact(remaining + ahead),
@@ -289,6 +283,11 @@ impl Body for GuestBody {
 }
 
 impl GuestBody {
+    /// Data bytes in the look-ahead.
+    fn ahead_bytes(&self) -> usize {
+        self.ahead.iter().filter_map(|f| f.as_ref().ok()?.data_ref().map(Bytes::len)).sum()
+    }
+
     /// The guest's next frame, with the instance's fate and the declared
     /// length applied; no timers (the caller decides what a wait means).
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -310,9 +309,9 @@ impl GuestBody {
                 _ => Poll::Ready(Some(Err(error.into()))),
             },
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + self.idle_timeout;
+                let idle_timeout = self.idle_timeout;
                 if let Some(idle) = &mut self.idle {
-                    idle.as_mut().reset(next);
+                    idle.as_mut().reset(Instant::now() + idle_timeout);
                 }
                 if let (Some(remaining), Some(data)) = (self.remaining, frame.data_ref()) {
                     let remaining = remaining.saturating_sub(data.len() as u64);
