@@ -464,7 +464,10 @@ async fn a_busy_reused_instance_still_sends_its_body_with_its_headers() {
     // (444-480 of 480 measured with two other processes spinning).
     let manifest = REUSE_APP
         .replace("max_requests = 3, max_concurrent = 2", "max_requests = 100000, max_concurrent = 16")
-        .replace("[server]", "[server]\nthreads = 1");
+        .replace("[server]", "[server]\nthreads = 1")
+        + "\n[[route]]\npath = \"/stream\"\ncomponent = \"stream-p3\"\n\
+           reuse = { max_requests = 100, max_concurrent = 16 }\n\
+           [component.stream-p3]\nsource = \"{components}/stream_p3.wasm\"\n";
     let (server, _dir) = TestServer::start(&manifest).await;
     let client = http1_client();
     let loads: Vec<_> = (0..24)
@@ -481,6 +484,17 @@ async fn a_busy_reused_instance_still_sends_its_body_with_its_headers() {
             })
         })
         .collect();
+    // The wait is bounded (32 turns, none started after 10 ms): a stream
+    // whose second event is 5 s away gets its headers and first event
+    // while the thread is busy, chunked, not held until it ends.
+    let stream =
+        tokio::time::timeout(2 * SECOND, get_streaming(&client, &server.url("/stream?n=2&interval_ms=5000")))
+            .await
+            .expect("the headers of a reused stream are not held until it ends");
+    assert_eq!(stream.headers()["transfer-encoding"], "chunked");
+    let mut body = stream.into_body();
+    assert!(next_data(&mut body, 2 * SECOND).await.unwrap().starts_with("id: 1"));
+    drop(body);
     let mut with_length = 0;
     for load in loads {
         with_length += load.await.unwrap();
