@@ -62,7 +62,7 @@ impl Host {
             sqlite,
             limits,
             outbound,
-            epoch_ticks: super::fair::Ticks::default(),
+            epoch_ticks: super::fair::Ticks::fresh(),
             host_memory,
             _live: live,
         }
