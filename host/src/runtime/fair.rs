@@ -7,14 +7,14 @@
 //! first slice lasts half a tick to a tick and a half, and a request
 //! shorter than half a tick is never interrupted. At a first yield an
 //! instance goes to the back of the thread's run queue like any task: a
-//! request that merely ran into a tick loses a turn, nothing more. From its second tick in a row on (it
-//! has computed for more than a tick, far beyond what answering a request
-//! takes) it is parked in this thread's idle queue and woken only when the
-//! thread has nothing else to run, one at a time, with the network polled
-//! in between. So a guest that computes for a long time gets the thread's
-//! spare time, and a request arriving meanwhile waits at most the slice
-//! already running (one tick), not the runtime's 61-poll event interval
-//! times the tick.
+//! request that merely ran into a tick loses a turn, nothing more. From
+//! its second tick in a row on (it has computed for more than a tick, far
+//! beyond what answering a request takes) it is parked in this thread's
+//! idle queue and woken only when the thread has nothing else to run, one
+//! at a time, with the network polled in between. So a guest that computes
+//! for a long time gets the thread's spare time, and a request arriving
+//! meanwhile waits at most the slice already running (a tick and a half at
+//! most), not the runtime's 61-poll event interval times the tick.
 //!
 //! (Parking from the first tick measured badly: under saturation a thread
 //! seldom idles, and, with the deadline then counted from when a request
