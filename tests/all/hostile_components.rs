@@ -109,6 +109,41 @@ async fn a_spinning_guest_delays_its_neighbours_by_about_one_tick() {
 }
 
 #[tokio::test]
+async fn a_request_shorter_than_half_a_tick_runs_through_the_tick_it_meets_and_a_long_one_yields() {
+    let manifest = r#"
+[server]
+key_value = "memory"
+threads = 1
+
+[[route]]
+path = "/busy"
+component = "long-running"
+
+[component.long-running]
+source = "{components}/long_running.wasm"
+"#;
+    let (server, _dir) = TestServer::start(manifest).await;
+    let ticks = server.app.telemetry.metrics.epoch_ticks().clone();
+    let client = http1_client();
+    // 2 ms of CPU a request, one after another: most ticks fall inside a
+    // request that started less than half a tick before. None yields.
+    for _ in 0..100 {
+        assert_eq!(get(&client, &server.url("/busy?mode=cpu&ms=2")).await.status, 200);
+    }
+    let ran_on = ticks.ran_on.get();
+    assert!(ran_on >= 1, "200 ms of computing met no tick");
+    assert_eq!((ticks.yielded.get(), ticks.parked.get()), (0, 0), "{ran_on} ran on");
+    // The other side: 30 ms of CPU meets two ticks or more; it yields at
+    // one and is parked at the next.
+    for _ in 0..3 {
+        assert_eq!(get(&client, &server.url("/busy?mode=cpu&ms=30")).await.status, 200);
+    }
+    assert!(ticks.yielded.get() >= 3, "yielded {}", ticks.yielded.get());
+    assert!(ticks.parked.get() >= 3, "parked {}", ticks.parked.get());
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn self_calls_stop_at_the_hop_limit_with_508() {
     let (server, _dir) = TestServer::start(&fault_app("max_self_hops = 3")).await;
     let client = http1_client();

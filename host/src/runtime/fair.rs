@@ -116,6 +116,19 @@ pub fn at_tick(ticks: &mut Ticks) -> wasmtime::UpdateDeadline {
     }
 }
 
+/// Counts what an instance does at a tick (`wharf_epoch_ticks_total`).
+pub fn counted(
+    update: wasmtime::UpdateDeadline,
+    ticks: &crate::telemetry::metrics::EpochTicks,
+) -> wasmtime::UpdateDeadline {
+    match &update {
+        wasmtime::UpdateDeadline::Continue(_) => ticks.ran_on.inc(),
+        wasmtime::UpdateDeadline::YieldCustom(..) => ticks.parked.inc(),
+        _ => ticks.yielded.inc(),
+    };
+    update
+}
+
 struct YieldToOthers {
     parked: bool,
 }

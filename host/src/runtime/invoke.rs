@@ -541,8 +541,10 @@ pub(crate) fn new_store(
     // the other requests on its thread, and can be aborted.
     if runtime.epoch_interruption {
         store.set_epoch_deadline(1);
-        store
-            .epoch_deadline_callback(|mut store| Ok(super::fair::at_tick(&mut store.data_mut().epoch_ticks)));
+        let counters = runtime.telemetry.metrics.epoch_ticks().clone();
+        store.epoch_deadline_callback(move |mut store| {
+            Ok(super::fair::counted(super::fair::at_tick(&mut store.data_mut().epoch_ticks), &counters))
+        });
     }
     store
 }

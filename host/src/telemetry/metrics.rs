@@ -47,6 +47,25 @@ struct HostLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TickAction {
+    action: &'static str,
+}
+
+/// Epoch ticks met by running guests, by what the guest did at each (see
+/// `runtime::fair`): ran on (a first slice shorter than half a tick),
+/// yielded (back of its thread's run queue), parked (its thread's idle
+/// queue, computing for long). Made once; each store holds a handle.
+#[derive(Debug)]
+pub struct EpochTicks {
+    /// The guest ran on through the tick.
+    pub ran_on: Counter,
+    /// The guest went to the back of its thread's run queue.
+    pub yielded: Counter,
+    /// The guest went to its thread's idle queue.
+    pub parked: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kill {
     reason: &'static str,
     phase: &'static str,
@@ -193,6 +212,7 @@ pub struct Metrics {
     components: Family<ComponentInfo, Gauge>,
     reloads: Family<ReloadResult, Counter>,
     instances_killed: Family<Kill, Counter>,
+    epoch_ticks: Arc<EpochTicks>,
     connections_refused: Family<Reason, Counter>,
     connections_timed_out: Family<Reason, Counter>,
     connections_cut_off: Counter,
@@ -278,6 +298,18 @@ impl Default for Metrics {
             "Instances killed by a bound (max_duration: their lifetime; host_memory: what they made the host hold), by phase",
             instances_killed.clone(),
         );
+        let tick_actions = Family::<TickAction, Counter>::default();
+        registry.register(
+            "epoch_ticks",
+            "Epoch ticks met by running guests, by what the guest did (ran_on: a first slice shorter than half a tick; yielded: back of its thread's run queue; parked: its thread's idle queue)",
+            tick_actions.clone(),
+        );
+        let tick_action = |action| tick_actions.get_or_create(&TickAction { action }).clone();
+        let epoch_ticks = Arc::new(EpochTicks {
+            ran_on: tick_action("ran_on"),
+            yielded: tick_action("yielded"),
+            parked: tick_action("parked"),
+        });
         let connections_refused = Family::<Reason, Counter>::default();
         registry.register(
             "connections_refused",
@@ -315,6 +347,7 @@ impl Default for Metrics {
             breakers_open,
             breaker_trips,
             instances_killed,
+            epoch_ticks,
             connections_refused,
             connections_timed_out,
             connections_cut_off,
@@ -396,6 +429,11 @@ impl Metrics {
     /// `host_memory`) in `phase`.
     pub fn instance_killed(&self, reason: &'static str, phase: &'static str) {
         self.instances_killed.get_or_create(&Kill { reason, phase }).inc();
+    }
+
+    /// The epoch-tick counters, for each store's deadline callback.
+    pub fn epoch_ticks(&self) -> &Arc<EpochTicks> {
+        &self.epoch_ticks
     }
 
     /// Instances killed by the bound `reason` in `phase` so far.
