@@ -406,6 +406,15 @@ pub async fn watch<C: GracefulConnection>(connection: C, state: &ConnectionState
     let mut connection = std::pin::pin!(connection);
     let timer = tokio::time::sleep_until(state.accepted + state.deadlines.header_read);
     let mut timer = std::pin::pin!(timer);
+    // The waits live across turns of the loop (the connection's task turns
+    // it a few times a request): made anew at each turn, registering and
+    // dropping their waiters measured 4-5 thousand instructions a request.
+    // `changed` is `notify_one`d, so a wait made after a notification still
+    // sees it.
+    let mut changed = std::pin::pin!(state.changed.notified());
+    let mut drain_begun = std::pin::pin!(drain_begun.wait_for(|begun| *begun));
+    let mut drained = std::pin::pin!(drain.wait_for(|stop| *stop));
+    let mut cancelled = std::pin::pin!(cancel.wait_for(|stop| *stop));
     let mut draining = false;
     let mut going_away: Option<&'static str> = None;
     let mut drain_has_begun = false;
@@ -464,17 +473,17 @@ pub async fn watch<C: GracefulConnection>(connection: C, state: &ConnectionState
                     None => {}
                 }
             }
-            () = state.changed.notified() => {}
+            () = changed.as_mut() => changed.set(state.changed.notified()),
             // Only HTTP/2 connections act on it (HTTP/1 responses read the
             // app's flag), so only they pay for watching it.
-            _ = drain_begun.wait_for(|begun| *begun), if !drain_has_begun && state.http2.load(Ordering::Relaxed) => {
+            _ = drain_begun.as_mut(), if !drain_has_begun && state.http2.load(Ordering::Relaxed) => {
                 drain_has_begun = true;
             }
-            _ = drain.wait_for(|stop| *stop), if !draining => {
+            _ = drained.as_mut(), if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = cancel.wait_for(|stop| *stop) => return Ended::Cancelled,
+            _ = cancelled.as_mut() => return Ended::Cancelled,
         }
     }
 }
