@@ -19,6 +19,9 @@ use std::sync::Arc;
 pub struct Route {
     /// The route as the manifest wrote it.
     pub spec: RouteSpec,
+    /// Its path as written, shared with the records and metric labels of
+    /// the requests it serves.
+    pub name: Arc<str>,
     /// The component serving it.
     pub component: Arc<LoadedComponent>,
     /// Its own rate limit, worker pool and auth (shared across component
@@ -147,6 +150,7 @@ impl RouteTable {
                 if route.component.name != component.name {
                     return Route {
                         spec: route.spec.clone(),
+                        name: route.name.clone(),
                         component: route.component.clone(),
                         policy: route.policy.clone(),
                         reuse: route.reuse.clone(),
@@ -154,6 +158,7 @@ impl RouteTable {
                 }
                 Route {
                     spec: route.spec.clone(),
+                    name: route.name.clone(),
                     component: component.clone(),
                     policy: route.policy.clone(),
                     reuse: reuse_for(runtime, &route.spec, component),
@@ -218,7 +223,13 @@ pub fn load_routes(
             .with_context(|| format!("route {:?}", spec.path))?;
         let component = loaded[spec.component.as_str()].clone();
         let reuse = reuse_for(runtime, spec, &component);
-        routes.push(Route { spec: spec.clone(), component, policy: Arc::new(policy), reuse });
+        routes.push(Route {
+            spec: spec.clone(),
+            name: spec.path.as_str().into(),
+            component,
+            policy: Arc::new(policy),
+            reuse,
+        });
     }
     let spin =
         manifest.spin_app().map(|app| SpinRouting { name: app.name.clone(), version: app.version.clone() });

@@ -206,7 +206,7 @@ where
     for (name, value) in spin_headers.into_iter().flatten() {
         request.headers_mut().insert(name, value);
     }
-    record.route = Some(route.spec.path.clone());
+    record.route = Some(route.name.clone());
     *deadline = route.spec.max_duration;
     if let Some(limiter) = &route.policy.rate_limit
         && let Err(rejection) = limiter.check().await

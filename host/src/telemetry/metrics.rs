@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteStatus {
-    route: String,
+    route: Arc<str>,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
-    route: String,
+    route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -373,8 +373,10 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one ended request.
-    pub fn request_ended(&self, route: Option<&str>, status: Option<u16>, seconds: f64) {
-        let route = route.unwrap_or("").to_string();
+    /// `route` is shared with the route (labels made without allocating).
+    pub fn request_ended(&self, route: Option<&Arc<str>>, status: Option<u16>, seconds: f64) {
+        static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+        let route = route.unwrap_or(&NO_ROUTE).clone();
         self.requests_ended.inc();
         self.requests.get_or_create(&RouteStatus { route: route.clone(), status: status.unwrap_or(0) }).inc();
         self.duration.get_or_create(&RouteLabel { route }).observe(seconds);
@@ -512,7 +514,7 @@ impl Metrics {
         self.breakers_open.set(snapshot.breakers_open as i64);
         self.breaker_trips.set(snapshot.breaker_trips as i64);
         for (route, depth) in &snapshot.queue_depths {
-            self.queue_depth.get_or_create(&RouteLabel { route: route.clone() }).set(*depth as i64);
+            self.queue_depth.get_or_create(&RouteLabel { route: route.as_str().into() }).set(*depth as i64);
         }
         self.components.clear();
         for (component, digest) in &snapshot.components {

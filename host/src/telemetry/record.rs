@@ -54,7 +54,7 @@ pub struct RequestRecord {
     pub request_id: String,
     start: Instant,
     /// The route that served it, once known.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     status: Option<u16>,
     bytes_out: u64,
     outcome: Option<Outcome>,
@@ -172,7 +172,7 @@ impl Drop for RequestRecord {
             Outcome::Completed | Outcome::Failed => {}
         }
         let elapsed = self.start.elapsed().as_secs_f64();
-        metrics.request_ended(self.route.as_deref(), self.status, elapsed);
+        metrics.request_ended(self.route.as_ref(), self.status, elapsed);
         let latency_ms = (elapsed * 1e6).round() / 1e3;
         let error = self.status.is_some_and(|s| s >= 500 && s != 503) || outcome == Outcome::Failed;
         let outcome = match outcome {
@@ -229,7 +229,7 @@ impl RequestRecord {
         let server = span.span();
         if let Some(route) = &self.route {
             server.update_name(format!("{} {route}", self.method));
-            server.set_attribute(KeyValue::new("http.route", route.clone()));
+            server.set_attribute(KeyValue::new("http.route", route.to_string()));
         }
         if let Some(status) = self.status {
             server.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
