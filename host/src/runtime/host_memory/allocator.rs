@@ -183,7 +183,10 @@ unsafe fn alloc_uncharged(layout: Layout) -> *mut u8 {
     if plain_is_aligned(layout.size(), layout.align()) {
         // SAFETY: a plain block of this size is aligned enough.
         let ptr = unsafe { mi::mi_malloc(layout.size()) as *mut u8 };
-        debug_assert!(ptr as usize % layout.align() == 0, "mimalloc's plain block is under-aligned");
+        debug_assert!(
+            (ptr as usize).is_multiple_of(layout.align()),
+            "mimalloc's plain block is under-aligned"
+        );
         ptr
     } else {
         // SAFETY: forwarded unchanged.
@@ -232,7 +235,10 @@ unsafe impl GlobalAlloc for CountingAllocator {
         if plain_is_aligned(layout.size(), layout.align()) {
             // SAFETY: a plain block of this size is aligned enough.
             let ptr = unsafe { mi::mi_zalloc(layout.size()) as *mut u8 };
-            debug_assert!(ptr as usize % layout.align() == 0, "mimalloc's plain block is under-aligned");
+            debug_assert!(
+                (ptr as usize).is_multiple_of(layout.align()),
+                "mimalloc's plain block is under-aligned"
+            );
             return ptr;
         }
         // SAFETY: forwarded unchanged.
