@@ -170,10 +170,10 @@ where
     let shared = Arc::new(InstanceShared { phase: AtomicU8::new(BEFORE_HEADERS), failed: OnceLock::new() });
     let task_shared = shared.clone();
     let (runtime, component) = (runtime.clone(), component.clone());
-    // Boxed: the task's future is about 2 KB and tokio moves a spawned
-    // future five times on its way to its task cell and back (a callgrind
-    // count of a pinned hello: ten copies of a 4 KB future a request); a
-    // box moves as a pointer.
+    // Boxed: the task's future is 4 KB, and tokio moves a spawned future
+    // on its way into its task cell and writes its stage as it runs (a
+    // callgrind count of a pinned hello: eleven copies a request); a box
+    // moves as a pointer.
     let task = tokio::spawn(Box::pin(async move {
         // Declared first, dropped last: the slots are free only once the
         // instance is gone, so a new request never meets a full pool.
