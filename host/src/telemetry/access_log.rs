@@ -287,18 +287,20 @@ fn timestamp(out: &mut String) {
         text = date_time(secs);
         SECOND.set((secs, text));
     }
-    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
-    out.push('.');
-    push_padded(out, u64::from(now.subsec_micros()), 6);
-    out.push('Z');
+    push_stamp(out, &text, now.subsec_micros());
 }
 
 /// The RFC 3339 form of `now`, a time since the Unix epoch.
 #[cfg(test)]
 fn timestamp_at(out: &mut String, now: std::time::Duration) {
-    out.push_str(std::str::from_utf8(&date_time(now.as_secs())).unwrap());
+    push_stamp(out, &date_time(now.as_secs()), now.subsec_micros());
+}
+
+/// `date_time` and the microseconds, as `...T12:34:56.000789Z`.
+fn push_stamp(out: &mut String, date_time: &[u8; 19], micros: u32) {
+    out.push_str(std::str::from_utf8(date_time).unwrap_or_default());
     out.push('.');
-    push_padded(out, u64::from(now.subsec_micros()), 6);
+    push_padded(out, u64::from(micros), 6);
     out.push('Z');
 }
 

@@ -177,17 +177,21 @@ unsafe fn alloc_charged(layout: Layout, account: u32, zeroed: bool) -> Option<*m
     }
 }
 
-/// An ordinary mimalloc block of `layout`.
+/// An ordinary mimalloc block of `layout`, zeroed if asked.
 #[inline]
-unsafe fn alloc_uncharged(layout: Layout) -> *mut u8 {
+unsafe fn alloc_uncharged(layout: Layout, zeroed: bool) -> *mut u8 {
     if plain_is_aligned(layout.size(), layout.align()) {
         // SAFETY: a plain block of this size is aligned enough.
-        let ptr = unsafe { mi::mi_malloc(layout.size()) as *mut u8 };
+        let ptr = unsafe { if zeroed { mi::mi_zalloc(layout.size()) } else { mi::mi_malloc(layout.size()) } }
+            as *mut u8;
         debug_assert!(
             (ptr as usize).is_multiple_of(layout.align()),
             "mimalloc's plain block is under-aligned"
         );
         ptr
+    } else if zeroed {
+        // SAFETY: forwarded unchanged.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     } else {
         // SAFETY: forwarded unchanged.
         unsafe { mimalloc::MiMalloc.alloc(layout) }
@@ -222,7 +226,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         }
         // SAFETY: mimalloc's own entry points; the plain one only where its
         // blocks are aligned enough.
-        unsafe { alloc_uncharged(layout) }
+        unsafe { alloc_uncharged(layout, false) }
     }
 
     #[inline]
@@ -232,17 +236,8 @@ unsafe impl GlobalAlloc for CountingAllocator {
         {
             return ptr;
         }
-        if plain_is_aligned(layout.size(), layout.align()) {
-            // SAFETY: a plain block of this size is aligned enough.
-            let ptr = unsafe { mi::mi_zalloc(layout.size()) as *mut u8 };
-            debug_assert!(
-                (ptr as usize).is_multiple_of(layout.align()),
-                "mimalloc's plain block is under-aligned"
-            );
-            return ptr;
-        }
-        // SAFETY: forwarded unchanged.
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        // SAFETY: as in `alloc`.
+        unsafe { alloc_uncharged(layout, true) }
     }
 
     #[inline]
@@ -281,7 +276,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
             let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
             let moved = match account.and_then(|a| alloc_charged(new_layout, a, false)) {
                 Some(moved) => moved,
-                None => alloc_uncharged(new_layout),
+                None => alloc_uncharged(new_layout, false),
             };
             if moved.is_null() {
                 return moved;
