@@ -358,6 +358,13 @@ pub trait GracefulConnection: Future<Output = Result<(), BoxError>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
+/// A boxed connection (moved as a pointer) shuts down as the connection.
+impl<C: GracefulConnection + ?Sized> GracefulConnection for Pin<Box<C>> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.get_mut().as_mut().graceful_shutdown();
+    }
+}
+
 /// Why [`watch`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {

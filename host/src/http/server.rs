@@ -240,7 +240,13 @@ async fn serve(
                     _open: open.enter(),
                     _slots: slots,
                 };
-                tokio::spawn(connection.serve(stream));
+                // Boxed: tokio moves a spawned future into its task cell and
+                // writes its stage as it runs; a connection's future was
+                // 12.9 KB, and its copies cost 100k instructions a
+                // connection (callgrind, one request a connection: 252k
+                // instructions a request then, 151k now that it is boxed and
+                // 832 bytes).
+                tokio::spawn(Box::pin(connection.serve(stream)));
             }
             _ = stop.changed() => break,
         }
@@ -287,23 +293,10 @@ impl Connection {
         let io = WatchedIo::new(stream, state.clone());
         let ended = match &self.tls {
             None => self.serve_http(io, &state, false).await,
-            Some(acceptor) => {
-                // The handshake counts against the header deadline.
-                let deadline = tokio::time::Instant::now() + settings.header_read_timeout;
-                match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
-                    Ok(Ok(stream)) => {
-                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            state.set_http2();
-                        }
-                        self.serve_http(stream, &state, true).await
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
-                        Ended::Closed
-                    }
-                    Err(_) => Ended::TimedOut("header_timeout"),
-                }
-            }
+            // Boxed: the handshake's and the TLS stream's state would
+            // otherwise size every connection's future, TLS or not (12.9 KB
+            // against 4.1 KB).
+            Some(acceptor) => Box::pin(self.serve_tls(acceptor, io, &state)).await,
         };
         match ended {
             Ended::TimedOut(reason) => {
@@ -315,6 +308,34 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, "connection cut off for flooding (HTTP/2 ENHANCE_YOUR_CALM)");
             }
             Ended::Closed | Ended::Cancelled => {}
+        }
+    }
+
+    /// Completes the TLS handshake (within the header deadline), then serves
+    /// HTTP over it.
+    async fn serve_tls<I>(
+        &self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        io: I,
+        state: &Arc<ConnectionState>,
+    ) -> Ended
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        // The handshake counts against the header deadline.
+        let deadline = tokio::time::Instant::now() + self.app.settings.connections.header_read_timeout;
+        match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+            Ok(Ok(stream)) => {
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    state.set_http2();
+                }
+                self.serve_http(stream, state, true).await
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+                Ended::Closed
+            }
+            Err(_) => Ended::TimedOut("header_timeout"),
         }
     }
 
@@ -335,7 +356,9 @@ impl Connection {
             let (app, caller) = (app.clone(), caller.clone());
             async move { Ok::<_, Infallible>(service::handle(app, request, caller).await) }
         });
-        let connection = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
+        // Boxed, so that handing it to `watch` moves a pointer, not hyper's
+        // 1.6 KB of connection state.
+        let connection = Box::pin(self.builder.serve_connection(TokioIo::new(io), service).into_owned());
         let signals = connection::Signals {
             going_away: self.going_away.clone(),
             drain: self.drain.clone(),
