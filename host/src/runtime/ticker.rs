@@ -1,21 +1,21 @@
-//! The epoch ticker: the thread that advances each engine's epoch every
-//! [`EPOCH_TICK`], so running guests yield and CPU-bound ones can be
-//! stopped, and that sleeps once no instance has been alive for
-//! [`LINGER`], so an idle server costs no wake-ups at all.
+//! The epoch ticker: the one thread per host that advances every engine's
+//! epoch (WASI 0.2's and 0.3's) every [`EPOCH_TICK`], so running guests
+//! yield and CPU-bound ones can be stopped, and that sleeps once no
+//! instance has been alive for [`LINGER`], so an idle server costs no
+//! wake-ups at all.
 //!
 //! It lingers rather than sleeping the moment the last instance ends: a
 //! server whose instances come and go (one thread answering a few
 //! connections, instances done before the next arrives) would otherwise
 //! wake it at nearly every request, only for it to find the instance gone
-//! and wait again: measured pinned to one core, 2 `futex` calls and two
-//! context switches a request (one ticker per engine), a sixth of the
-//! request's kernel time.
+//! and wait again: measured pinned to one core with a ticker per engine,
+//! 2 `futex` calls and two context switches a request.
 
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-use wasmtime::Engine;
+use wasmtime::{Engine, EngineWeak};
 
 /// How often the ticker advances the epoch. A running guest yields to its
 /// runtime at each tick, so no guest can starve others for longer than
@@ -41,6 +41,23 @@ pub struct Activity {
     wakeups: AtomicU64,
     lock: Mutex<()>,
     wake: Condvar,
+    /// The engines the ticker advances, and whether its thread runs.
+    ticked: Mutex<Ticked>,
+}
+
+#[derive(Default)]
+struct Ticked {
+    engines: Vec<EngineWeak>,
+    running: bool,
+}
+
+impl std::fmt::Debug for Ticked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticked")
+            .field("engines", &self.engines.len())
+            .field("running", &self.running)
+            .finish()
+    }
 }
 
 impl Activity {
@@ -53,6 +70,7 @@ impl Activity {
             wakeups: AtomicU64::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            ticked: Mutex::new(Ticked::default()),
         }
     }
 
@@ -92,6 +110,15 @@ impl Activity {
         self.waiting.store(false, Ordering::Relaxed);
     }
 
+    /// Advances every engine's epoch; `false` once every engine is gone
+    /// (the thread then ends, and says so).
+    fn tick(&self) -> bool {
+        let mut ticked = self.ticked.lock().unwrap_or_else(|e| e.into_inner());
+        ticked.engines.retain(|weak| weak.upgrade().map(|engine| engine.increment_epoch()).is_some());
+        ticked.running = !ticked.engines.is_empty();
+        ticked.running
+    }
+
     /// Times an instance woke the ticker.
     #[cfg(test)]
     fn wakeups(&self) -> u64 {
@@ -99,10 +126,17 @@ impl Activity {
     }
 }
 
-/// Starts the ticker for `engine`; it stops by itself once the engine is
-/// dropped (at the latest one tick after an instance next appears).
+/// Has the host's ticker advance `engine`'s epoch, starting the ticker
+/// if it is not running; it ends by itself once every engine it advances
+/// is dropped (at the latest one tick after an instance next appears).
 pub fn start(engine: &Engine, activity: Arc<Activity>) {
-    let weak = engine.weak();
+    {
+        let mut ticked = activity.ticked.lock().unwrap_or_else(|e| e.into_inner());
+        ticked.engines.push(engine.weak());
+        if std::mem::replace(&mut ticked.running, true) {
+            return;
+        }
+    }
     let linger_ticks = LINGER.as_millis().div_ceil(EPOCH_TICK.as_millis());
     std::thread::Builder::new()
         .name("wharf-epoch".into())
@@ -114,8 +148,9 @@ pub fn start(engine: &Engine, activity: Arc<Activity>) {
                 let mut quiet = 0;
                 while quiet < linger_ticks {
                     std::thread::sleep(EPOCH_TICK);
-                    let Some(engine) = weak.upgrade() else { return };
-                    engine.increment_epoch();
+                    if !activity.tick() {
+                        return;
+                    }
                     quiet = if activity.look() { 0 } else { quiet + 1 };
                 }
             }
@@ -192,5 +227,46 @@ mod tests {
         activity.enter();
         activity.alive.dec();
         assert_eq!(activity.wakeups(), 2, "the waiting ticker was not woken");
+    }
+
+    #[test]
+    fn one_thread_ticks_every_engine_and_ends_with_them() {
+        let engine = || {
+            let mut config = wasmtime::Config::new();
+            config.epoch_interruption(true);
+            Engine::new(&config).unwrap()
+        };
+        let (first, second) = (engine(), engine());
+        let activity = Arc::new(Activity::new(Gauge::default()));
+        start(&first, activity.clone());
+        start(&second, activity.clone());
+        // Both engines' guests meet ticks from the one thread.
+        let calls: Vec<_> = [&first, &second]
+            .into_iter()
+            .map(|engine| {
+                let mut store = wasmtime::Store::new(engine, ());
+                store.set_epoch_deadline(1);
+                let module = wasmtime::Module::new(engine, "(module (func (export \"f\")))").unwrap();
+                let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+                let f = instance.get_typed_func::<(), ()>(&mut store, "f").unwrap();
+                (store, f)
+            })
+            .collect();
+        activity.enter();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for (mut store, f) in calls {
+            while f.call(&mut store, ()).is_ok() {
+                assert!(std::time::Instant::now() < deadline, "an engine's epoch never moved");
+                std::thread::sleep(EPOCH_TICK);
+            }
+        }
+        assert!(activity.ticked.lock().unwrap().running);
+        // With both engines gone, the thread ends at its next tick.
+        drop((first, second));
+        while activity.ticked.lock().unwrap().running {
+            assert!(std::time::Instant::now() < deadline, "the ticker outlived its engines");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        activity.alive.dec();
     }
 }
