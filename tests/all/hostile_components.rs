@@ -126,13 +126,17 @@ source = "{components}/long_running.wasm"
     let ticks = server.app.telemetry.metrics.epoch_ticks().clone();
     let client = http1_client();
     // 2 ms of CPU a request, one after another: most ticks fall inside a
-    // request that started less than half a tick before. None yields.
+    // request that started less than half a tick before, and it runs on.
+    // (Where other work shares the cores, a 2 ms request can take longer
+    // than half a tick and rightly yields at the tick it meets: a few may.
+    // Without the rule, every tick met would yield.)
     for _ in 0..100 {
         assert_eq!(get(&client, &server.url("/busy?mode=cpu&ms=2")).await.status, 200);
     }
-    let ran_on = ticks.ran_on.get();
+    let (ran_on, yielded) = (ticks.ran_on.get(), ticks.yielded.get());
     assert!(ran_on >= 1, "200 ms of computing met no tick");
-    assert_eq!((ticks.yielded.get(), ticks.parked.get()), (0, 0), "{ran_on} ran on");
+    assert!(yielded * 5 <= ran_on, "{yielded} yielded, {ran_on} ran on");
+    assert_eq!(ticks.parked.get(), 0, "a 2 ms request was parked ({ran_on} ran on)");
     // The other side: 30 ms of CPU meets two ticks or more; it yields at
     // one and is parked at the next.
     for _ in 0..3 {
