@@ -162,30 +162,46 @@ pub fn start(engine: &Engine, activity: Arc<Activity>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_ticker_waits_while_nothing_is_alive_and_ticks_while_something_is() {
-        let engine = {
-            let mut config = wasmtime::Config::new();
-            config.epoch_interruption(true);
-            Engine::new(&config).unwrap()
-        };
-        let activity = Arc::new(Activity::new(Gauge::default()));
-        start(&engine, activity.clone());
-        // An idle ticker leaves the epoch alone; a live instance starts it.
-        // (The engine's epoch is only observable through a store.)
-        let mut store = wasmtime::Store::new(&engine, ());
+    fn epoch_engine() -> Engine {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        Engine::new(&config).unwrap()
+    }
+
+    /// A store of `engine` whose deadline is the next tick, and a function
+    /// in it that traps once the epoch has moved (the engine's epoch is
+    /// only observable through a store).
+    fn epoch_probe(engine: &Engine) -> (wasmtime::Store<()>, wasmtime::TypedFunc<(), ()>) {
+        let mut store = wasmtime::Store::new(engine, ());
         store.set_epoch_deadline(1);
-        std::thread::sleep(EPOCH_TICK * 5);
-        let idle = wasmtime::Module::new(&engine, "(module (func (export \"f\")))").unwrap();
-        let instance = wasmtime::Instance::new(&mut store, &idle, &[]).unwrap();
+        let module = wasmtime::Module::new(engine, "(module (func (export \"f\")))").unwrap();
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
         let f = instance.get_typed_func::<(), ()>(&mut store, "f").unwrap();
-        assert!(f.call(&mut store, ()).is_ok(), "the epoch moved while no instance was alive");
-        activity.enter();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        (store, f)
+    }
+
+    /// Waits (at most until `deadline`) for the probe's epoch to move.
+    fn until_epoch_moves(
+        (mut store, f): (wasmtime::Store<()>, wasmtime::TypedFunc<(), ()>),
+        deadline: std::time::Instant,
+    ) {
         while f.call(&mut store, ()).is_ok() {
             assert!(std::time::Instant::now() < deadline, "the epoch never moved with an instance alive");
             std::thread::sleep(EPOCH_TICK);
         }
+    }
+
+    #[test]
+    fn the_ticker_waits_while_nothing_is_alive_and_ticks_while_something_is() {
+        let engine = epoch_engine();
+        let activity = Arc::new(Activity::new(Gauge::default()));
+        start(&engine, activity.clone());
+        // An idle ticker leaves the epoch alone; a live instance starts it.
+        let (mut store, f) = epoch_probe(&engine);
+        std::thread::sleep(EPOCH_TICK * 5);
+        assert!(f.call(&mut store, ()).is_ok(), "the epoch moved while no instance was alive");
+        activity.enter();
+        until_epoch_moves((store, f), std::time::Instant::now() + Duration::from_secs(30));
         activity.alive.dec();
     }
 
@@ -200,11 +216,7 @@ mod tests {
 
     #[test]
     fn instances_that_come_while_the_ticker_lingers_wake_no_one() {
-        let engine = {
-            let mut config = wasmtime::Config::new();
-            config.epoch_interruption(true);
-            Engine::new(&config).unwrap()
-        };
+        let engine = epoch_engine();
         let activity = Arc::new(Activity::new(Gauge::default()));
         start(&engine, activity.clone());
         until_ticker_waits(&activity, true);
@@ -231,34 +243,16 @@ mod tests {
 
     #[test]
     fn one_thread_ticks_every_engine_and_ends_with_them() {
-        let engine = || {
-            let mut config = wasmtime::Config::new();
-            config.epoch_interruption(true);
-            Engine::new(&config).unwrap()
-        };
-        let (first, second) = (engine(), engine());
+        let (first, second) = (epoch_engine(), epoch_engine());
         let activity = Arc::new(Activity::new(Gauge::default()));
         start(&first, activity.clone());
         start(&second, activity.clone());
         // Both engines' guests meet ticks from the one thread.
-        let calls: Vec<_> = [&first, &second]
-            .into_iter()
-            .map(|engine| {
-                let mut store = wasmtime::Store::new(engine, ());
-                store.set_epoch_deadline(1);
-                let module = wasmtime::Module::new(engine, "(module (func (export \"f\")))").unwrap();
-                let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-                let f = instance.get_typed_func::<(), ()>(&mut store, "f").unwrap();
-                (store, f)
-            })
-            .collect();
+        let probes = [epoch_probe(&first), epoch_probe(&second)];
         activity.enter();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        for (mut store, f) in calls {
-            while f.call(&mut store, ()).is_ok() {
-                assert!(std::time::Instant::now() < deadline, "an engine's epoch never moved");
-                std::thread::sleep(EPOCH_TICK);
-            }
+        for probe in probes {
+            until_epoch_moves(probe, deadline);
         }
         assert!(activity.ticked.lock().unwrap().running);
         // With both engines gone, the thread ends at its next tick.
